@@ -1,0 +1,67 @@
+"""Test silos: each module here starts a real server (or directory) on 127.0.0.1, seeds it with the
+standard dataset and hands out a Backend for it. The backend conformance suite and the kernel tests
+run over every module listed in SILOS.
+
+A silo module provides `open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str])`, a
+context manager yielding a `Silo`; it stops every server it started on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import random
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+
+from vfs.mounts.base import Backend
+
+# Silo modules, in the order the suites run them. A module whose server cannot start here fails its
+# tests (it is not skipped), so a missing install step shows in CI.
+SILOS = ["memory", "local", "s3"]
+
+
+@dataclasses.dataclass
+class Silo:
+    backend: Backend
+    flat_keys: bool
+    """An object store: keys are flat, a key can be both object and prefix, markers exist."""
+    replace: Callable[[str, bytes], None]
+    """Write new bytes for a path straight to the silo (behind the backend)."""
+    denied: Callable[[], Backend] | None = None
+    """A backend for the same silo whose credentials the server refuses, if the server checks them."""
+    pages_tested: bool = True
+    """The server honours the page size, so listings of `many/` span several pages."""
+    mount_options: dict | None = None
+    """`[[mount]]` options (without `path`) that mount this silo in a config file."""
+
+
+def _blob(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+# The standard dataset every silo is seeded with.
+PAGE_SIZE = 7  # listings are asked for in pages this small, so `many/` (25 entries) spans 4 pages
+FILES: dict[str, bytes] = {
+    "hello.txt": b"hello, world\n",
+    "empty.bin": b"",
+    "data/blob.bin": _blob(3 * 1024 * 1024 + 12345, 1),
+    "data/nested/deep/leaf.txt": b"leaf\n",
+    "odd names/sp ace \u00fc\u00f1\u4e2d%+&=#.txt": b"odd\n",
+    **{f"many/f{i:04d}": f"file {i}\n".encode() for i in range(25)},
+}
+EMPTY_DIRS = ["emptydir"]
+# Object stores only: a key that is also a prefix (README: the directory wins).
+SHADOWED = {"both": b"object", "both/child": b"child\n"}
+
+
+def open_silo(name: str, tmp: Path, *, shadowed: bool = True) -> ContextManager[Silo]:
+    """Start silo `name` seeded with the standard dataset."""
+    module = importlib.import_module(f"tests.silos.{name}")
+    return module.open_silo(tmp, FILES, EMPTY_DIRS, SHADOWED if shadowed else {})
+
+
+@contextlib.contextmanager
+def nothing() -> Iterator[None]:
+    yield None

@@ -1,0 +1,42 @@
+"""A local directory as a silo (also what a kernel-mounted NFS export is)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from tests.silos import Silo
+from vfs.mounts.local import LocalBackend, LocalOptions
+
+
+def write_tree(root: Path, files: dict[str, bytes], empty_dirs: list[str]) -> None:
+    for key, data in files.items():
+        p = root / key
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    for d in empty_dirs:
+        (root / d).mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowed: dict[str, bytes]) -> Iterator[Silo]:
+    root = tmp / "local-silo"
+    root.mkdir()
+    write_tree(root, files, empty_dirs)
+
+    def replace(path: str, data: bytes) -> None:
+        p = root / path
+        st = p.stat() if p.exists() else None
+        p.write_bytes(data)
+        if st is not None and st.st_size == len(data):  # same size: make sure the mtime moves
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+    yield Silo(
+        backend=LocalBackend(LocalOptions(root=str(root))),
+        flat_keys=False,
+        replace=replace,
+        pages_tested=False,
+        mount_options={"backend": "local", "root": str(root)},
+    )

@@ -1,0 +1,199 @@
+"""S3 (and S3-compatible servers) on boto3.
+
+Credentials and endpoint come from boto3's standard chain and environment (AWS_PROFILE,
+AWS_ENDPOINT_URL_S3, AWS_REGION, instance roles, SSO...) unless the mount entry names them, so a
+user's existing AWS set-up just works.
+
+Directories are key prefixes: `list_dir` is a delimiter listing, paged; marker objects (`dir/`) make
+empty directories visible. A key that is also a prefix (`x` and `x/y`) is a directory; the object
+`x` is not shown. Version = ETag, and every ranged GET carries `If-Match: <etag>`, so bytes of two
+versions are never mixed (a changed object answers 412 -> ESTALE).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+from typing import Any, Callable
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import trio
+from botocore import UNSIGNED
+
+from vfs.errors import SiloError, silo_error
+from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, join, not_a_directory, not_found, valid_name
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Options(BaseOptions):
+    bucket: str = ""
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    anonymous: bool = False
+    addressing_style: str = "auto"
+    page_size: int = 1000  # ListObjectsV2's maximum
+    max_attempts: int = 5  # boto3 "standard" retry mode: throttling, 5xx and connection errors
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+
+def translate(exc: Exception, what: str) -> OSError:
+    """Turn a boto3/botocore exception into an OSError with an errno (the S3 edge)."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return silo_error(err.get("Code"), status, what)
+    if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
+        return SiloError(errno.EACCES, f"{what}: no usable AWS credentials ({exc})")
+    if isinstance(exc, botocore.exceptions.ProfileNotFound):
+        return SiloError(errno.EACCES, f"{what}: {exc}")
+    if isinstance(exc, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):
+        return SiloError(errno.ETIMEDOUT, f"{what}: {exc}", retryable=True)
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return SiloError(errno.EHOSTDOWN, f"{what}: {exc}", retryable=True)
+    if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
+        return SiloError(errno.EIO, f"{what}: {exc}", retryable=True)
+    if isinstance(exc, OSError):
+        return exc
+    return SiloError(errno.EIO, f"{what}: {type(exc).__name__}: {exc}")
+
+
+class S3Backend(Backend):
+    scheme = "s3"
+    Options = S3Options
+
+    def __init__(self, options: S3Options) -> None:
+        if not options.bucket:
+            raise ValueError("bucket: required")
+        super().__init__(options)
+        self.o = options
+        self.prefix = options.prefix.strip("/")
+        session = boto3.session.Session(
+            profile_name=options.profile,
+            aws_access_key_id=options.access_key_id,
+            aws_secret_access_key=options.secret_access_key,
+            region_name=options.region,
+        )
+        config = botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": options.max_attempts},
+            max_pool_connections=options.concurrency,
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            s3={"addressing_style": options.addressing_style},
+            signature_version=UNSIGNED if options.anonymous else None,
+        )
+        self.client = session.client("s3", endpoint_url=options.endpoint_url, config=config)
+
+    @classmethod
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        return {"bucket": bucket, "prefix": prefix}
+
+    def describe(self) -> str:
+        return f"s3://{self.o.bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, path: str) -> str:
+        return join(self.prefix, path)
+
+    async def _call(self, op: Callable[..., dict], what: str, **kwargs: Any) -> dict:
+        try:
+            return await self.run_sync(op, Bucket=self.o.bucket, **kwargs)
+        except Exception as exc:  # translated once, here
+            raise translate(exc, f"{self.describe()}/{what}" if what else self.describe()) from exc
+
+    def _meta(self, path: str, obj: dict) -> ObjectMeta:
+        return ObjectMeta(
+            path,
+            False,
+            int(obj.get("Size", obj.get("ContentLength", 0))),
+            int(obj["LastModified"].timestamp() * 1e9) if "LastModified" in obj else None,
+            obj.get("ETag", ""),
+        )
+
+    async def _is_prefix(self, path: str) -> bool:
+        page = await self._call(self.client.list_objects_v2, path, Prefix=self._key(path) + "/", MaxKeys=1)
+        return page.get("KeyCount", 0) > 0
+
+    async def _head(self, path: str) -> ObjectMeta | None:
+        try:
+            return self._meta(path, await self._call(self.client.head_object, path, Key=self._key(path)))
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+
+    async def stat(self, path: str) -> ObjectMeta:
+        if path == "":
+            return ObjectMeta("", True)
+        # The prefix listing and the HEAD go out together: one round trip, and a prefix always wins.
+        found: dict[str, Any] = {}
+
+        async def ask(name: str, fn: Callable[[str], Any]) -> None:
+            try:
+                found[name] = await fn(path)
+            except OSError as exc:
+                found[name + "_error"] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, "dir", self._is_prefix)
+            nursery.start_soon(ask, "file", self._head)
+        if found.get("dir"):
+            return ObjectMeta(path, True)
+        if found.get("file") is not None:
+            return found["file"]
+        if "dir_error" in found or "file_error" in found:
+            raise found.get("dir_error") or found["file_error"]
+        raise not_found(f"{self.describe()}/{path}")
+
+    async def list_dir(self, path: str) -> list[ObjectMeta]:
+        prefix = self._key(path) + "/" if self._key(path) else ""
+        files: dict[str, ObjectMeta] = {}
+        dirs: set[str] = set()
+        marker = False
+        kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/", "MaxKeys": self.o.page_size}
+        while True:
+            page = await self._call(self.client.list_objects_v2, path, **kwargs)
+            for cp in page.get("CommonPrefixes", []):
+                name = cp["Prefix"][len(prefix):-1]
+                if valid_name(name):
+                    dirs.add(name)
+            for obj in page.get("Contents", []):
+                name = obj["Key"][len(prefix):]
+                if name == "":
+                    marker = True
+                elif valid_name(name):
+                    files[name] = self._meta(join(path, name), obj)
+            if not page.get("IsTruncated"):
+                break
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+        if path and not (files or dirs or marker):
+            if await self._head(path) is not None:
+                raise not_a_directory(f"{self.describe()}/{path}")
+            raise not_found(f"{self.describe()}/{path}")
+        out = [ObjectMeta(join(path, d), True) for d in sorted(dirs)]
+        return out + [m for n, m in sorted(files.items()) if n not in dirs]
+
+    async def read_range(self, path: str, start: int, end: int, version: str) -> bytes:
+        if end <= start:
+            return b""
+        try:
+            resp = await self._call(
+                self.client.get_object, path, Key=self._key(path), Range=f"bytes={start}-{end - 1}", IfMatch=version
+            )
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # InvalidRange: start is at or past the end of the object
+                return b""
+            raise
+        body = resp["Body"]
+        try:
+            return await self.run_sync(body.read)
+        except Exception as exc:
+            raise translate(exc, f"{self.describe()}/{path}") from exc
+        finally:
+            body.close()
