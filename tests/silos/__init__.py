@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import os
 import random
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
@@ -19,7 +20,8 @@ from vfs.mounts.base import Backend
 
 # Silo modules, in the order the suites run them. A module whose server cannot start here fails its
 # tests (it is not skipped), so a missing install step shows in CI.
-SILOS = ["memory", "local", "s3"]
+# VFS_TEST_SILOS=gcs,s3 narrows a run to some of them.
+SILOS = os.environ.get("VFS_TEST_SILOS", "memory,local,s3").split(",")
 
 
 @dataclasses.dataclass

@@ -62,6 +62,21 @@ class RamStore:
         self.stats.insert_bytes += size
         return evicted
 
+    def charge(self, key: BlockKey, data: bytes) -> int:
+        """Bytes one block costs in this tier's budget."""
+        return len(data)
+
+    def items(self) -> list[tuple[BlockKey, bytes]]:
+        """Every resident block (a snapshot), e.g. to write RAM to the SSD at unmount."""
+        return list(self._blocks.items())
+
+    def clear(self) -> int:
+        """Drop every block (pinned ones too: a pin only keeps the policy off a block)."""
+        keys = list(self._blocks)
+        for key in keys:
+            self.discard(key)
+        return len(keys)
+
     def discard(self, key: BlockKey) -> None:
         old = self._blocks.pop(key, None)
         if old is not None:

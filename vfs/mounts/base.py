@@ -71,9 +71,12 @@ def stale(what: str) -> SiloError:
     return SiloError(errno.ESTALE, f"{what} changed since it was opened")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class BaseOptions:
-    """Options every backend accepts in a `[[mount]]` entry, besides its own."""
+    """Options every backend accepts in a `[[mount]]` entry, besides its own.
+
+    Keyword-only, so a backend's Options subclass may declare required fields (no default).
+    """
 
     concurrency: int = DEFAULT_CONCURRENCY
 

@@ -18,7 +18,7 @@ from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, join, not_a_direct
 
 @dataclasses.dataclass(frozen=True)
 class LocalOptions(BaseOptions):
-    root: str = ""
+    root: str
 
 
 def _meta(path: str, s: os.stat_result) -> ObjectMeta | None:
@@ -34,8 +34,6 @@ class LocalBackend(Backend):
     Options = LocalOptions
 
     def __init__(self, options: LocalOptions) -> None:
-        if not options.root:
-            raise ValueError("root: a directory path is required")
         super().__init__(options)
         self.root = os.path.abspath(os.path.expanduser(options.root))
 

@@ -28,7 +28,7 @@ from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, join, not_a_direct
 
 @dataclasses.dataclass(frozen=True)
 class S3Options(BaseOptions):
-    bucket: str = ""
+    bucket: str
     prefix: str = ""
     endpoint_url: str | None = None
     region: str | None = None
@@ -69,8 +69,6 @@ class S3Backend(Backend):
     Options = S3Options
 
     def __init__(self, options: S3Options) -> None:
-        if not options.bucket:
-            raise ValueError("bucket: required")
         super().__init__(options)
         self.o = options
         self.prefix = options.prefix.strip("/")
@@ -99,7 +97,7 @@ class S3Backend(Backend):
         return f"s3://{self.o.bucket}/{self.prefix}".rstrip("/")
 
     def _key(self, path: str) -> str:
-        return join(self.prefix, path)
+        return join(self.prefix, path) if path else self.prefix
 
     async def _call(self, op: Callable[..., dict], what: str, **kwargs: Any) -> dict:
         try:

@@ -1,0 +1,130 @@
+"""Running one mount: build the backends, cache, reader and namespace from a Config, mount them
+through pyfuse3, serve until SIGTERM/SIGINT (or `vfs unmount`), and unmount cleanly.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from vfs.cache.tiered import build_cache
+from vfs.config import Config, ConfigError
+from vfs.fuse_ops import FuseOps
+from vfs.mount_table import Mount, MountTable
+from vfs.mounts import backend_class
+from vfs.mounts.base import Backend
+from vfs.namespace import Namespace
+from vfs.reader import Reader
+
+log = logging.getLogger(__name__)
+
+
+class MountError(RuntimeError):
+    """The mountpoint cannot be used; the message says why and what to do, in one line."""
+
+
+def mounted_at(path: str) -> str | None:
+    """The filesystem type mounted exactly at `path`, if any (from /proc/self/mountinfo)."""
+    target = os.path.realpath(path)
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split()
+        sep = fields.index("-")
+        mount_point = fields[4].encode().decode("unicode_escape")
+        if mount_point == target:
+            found = fields[sep + 1]
+    return found
+
+
+def check_mountpoint(path: str) -> None:
+    """Refuse a mountpoint that is stale, already mounted or not a directory, in one clear line."""
+    stale = MountError(f"{path}: stale mount left by a vfs process that died; "
+                       f"clear it with `vfs unmount {path}` (or `fusermount3 -u -z {path}`)")
+    try:
+        os.stat(path)
+        fstype = mounted_at(path)
+        if fstype is not None:
+            os.statvfs(path)  # a stat may come from the kernel's cache; statfs always asks the daemon
+            raise MountError(f"{path}: already mounted ({fstype}); unmount it first with `vfs unmount {path}`")
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)
+        return
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise stale from None
+        raise MountError(f"{path}: {exc.strerror}") from None
+    if not os.path.isdir(path):
+        raise MountError(f"{path}: not a directory")
+
+
+def open_backends(config: Config) -> list[Mount]:
+    mounts = []
+    for i, m in enumerate(config.mounts):
+        try:
+            backend: Backend = backend_class(m.backend)(m.options)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"{config.source}: mount #{i + 1} ({m.path}): {exc}") from None
+        mounts.append(Mount(
+            m.path, backend,
+            ttl=config.metadata.ttl if m.ttl is None else m.ttl,
+            negative_ttl=config.metadata.negative_ttl if m.negative_ttl is None else m.negative_ttl,
+        ))
+    return mounts
+
+
+def build_namespace(config: Config) -> Namespace:
+    c = config.cache
+    cache = build_cache(c.block_size, c.ram_size, c.ram_policy, os.path.expanduser(c.ssd_dir), c.ssd_size, c.ssd_policy)
+    reader = Reader(cache, prefetch_blocks=c.prefetch_blocks)
+    return Namespace(MountTable(open_backends(config)), reader, default_ttl=config.metadata.ttl)
+
+
+def fuse_options(config: Config) -> set[str]:
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=vfs", "subtype=vfs", "ro"}
+    if config.fuse.auto_unmount:
+        options.add("auto_unmount")
+    if config.fuse.allow_other:
+        options.add("allow_other")
+    return options
+
+
+async def _serve(ns: Namespace) -> None:
+    async with trio.open_nursery() as nursery:
+        ns.reader.start(nursery)
+
+        async def on_signal() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                async for signum in signals:
+                    log.info("%s: unmounting", signal.Signals(signum).name)
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(on_signal)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+    for mount in ns.table.mounts:
+        await mount.backend.aclose()
+
+
+def run(config: Config, mountpoint: str) -> None:
+    """Mount and serve in this process until told to stop."""
+    check_mountpoint(mountpoint)
+    ns = build_namespace(config)
+    pyfuse3.init(FuseOps(ns), mountpoint, fuse_options(config))
+    log.info("mounted %s: %s", mountpoint, ", ".join(f"{m.path} <- {m.backend.describe()}" for m in ns.table.mounts))
+    try:
+        trio.run(_serve, ns)
+    finally:
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", mountpoint)

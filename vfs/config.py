@@ -1,0 +1,253 @@
+"""Configuration: a TOML file (or one-liner sources) checked into frozen dataclasses before anything mounts.
+
+    [cache]                      # block cache (all optional)
+    block_size = "4MiB"
+    ram_size = "512MiB"
+    ram_policy = "lru"
+    ssd_dir = "~/.cache/vfs"     # SSD tier; off while ssd_size is 0
+    ssd_size = "0"
+    ssd_policy = "lru"
+
+    [metadata]
+    ttl = 60                     # seconds listings/attributes are trusted (kernel timeouts too)
+    negative_ttl = 5             # seconds a "no such file" is trusted
+
+    [fuse]
+    allow_other = false
+    auto_unmount = true          # unmount even if the process is killed
+
+    [[mount]]                    # any number
+    path = "/s3/a"               # where it appears in the tree
+    backend = "s3"               # s3, gcs, nfs, gdrive, local
+    bucket = "my-bucket"         # ...and that backend's own options
+    ttl = 600                    # optional per-mount override of [metadata]
+
+A bad file is reported as one line naming the file, the key and what is wrong (ConfigError).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import posixpath
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from vfs.mounts import BACKENDS, URL_SCHEMES, backend_class
+from vfs.mounts.base import BaseOptions
+from vfs.units import parse_size
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be mounted; the message names file, key and problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheConfig:
+    # 4 MiB: large enough that a 1 MiB kernel request rarely spans two blocks and a GET's fixed cost
+    # is amortised, small enough that a 100 KiB file wastes nothing (blocks are cut at EOF).
+    block_size: int = 4 * 1024**2
+    ram_size: int = 512 * 1024**2
+    ram_policy: str = "lru"
+    ssd_dir: str = "~/.cache/vfs"
+    ssd_size: int = 0
+    ssd_policy: str = "lru"
+    prefetch_blocks: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class MetadataConfig:
+    ttl: float = 60.0
+    negative_ttl: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FuseConfig:
+    allow_other: bool = False
+    read_only: bool = True
+    auto_unmount: bool = True
+    """fusermount3 unmounts if the process dies, even by kill -9 (no stale mount left behind)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MountConfig:
+    path: str
+    backend: str
+    options: BaseOptions
+    ttl: float | None = None
+    negative_ttl: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Timeouts:
+    ttl: float | None = None
+    negative_ttl: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    source: str
+    mounts: tuple[MountConfig, ...]
+    cache: CacheConfig = CacheConfig()
+    metadata: MetadataConfig = MetadataConfig()
+    fuse: FuseConfig = FuseConfig()
+
+
+_SIZE_KEYS = {"block_size", "ram_size", "ssd_size"}
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    if key in _SIZE_KEYS:
+        return parse_size(value)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    origin = typing.get_origin(hint) or hint
+    if origin is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+    elif origin is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {value!r}")
+    elif origin is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        value = float(value)
+    elif origin is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+    elif origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a table, got {value!r}")
+    elif origin is tuple or origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {value!r}")
+        value = tuple(value)
+    return value
+
+
+def _build(cls: type, table: dict[str, Any], where: str, ignore: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+    """An instance of dataclass `cls` from a TOML table; ConfigError naming the key otherwise."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    for key in table:
+        if key not in fields and key not in ignore:
+            close = difflib.get_close_matches(key, list(fields) + list(ignore), 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(set(fields) | ignore))})"
+            raise ConfigError(f"{where}.{key}: unknown key{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}.{name}: required")
+            continue
+        try:
+            kwargs[name] = _coerce(table[name], hints[name], name)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.{name}: {exc}") from None
+    return cls(**kwargs)
+
+
+def _mount_path(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ConfigError(f"{where}.path: must be an absolute path in the tree such as '/s3', got {value!r}")
+    path = posixpath.normpath(value)
+    path = "/" if path == "//" else path
+    if any(part in (".", "..") for part in value.split("/")):
+        raise ConfigError(f"{where}.path: '.' and '..' are not allowed, got {value!r}")
+    if path == "/.vfs" or path.startswith("/.vfs/"):
+        raise ConfigError(f"{where}.path: /.vfs is reserved for vfs's own files")
+    return path
+
+
+def _mount(entry: Any, where: str) -> MountConfig:
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: expected a table with path and backend")
+    path = _mount_path(entry.get("path"), where)
+    where = f"{where} ({path})"
+    backend = entry.get("backend")
+    if backend not in BACKENDS:
+        raise ConfigError(f"{where}.backend: {backend!r} is not one of {', '.join(sorted(BACKENDS))}")
+    try:
+        cls = backend_class(backend)
+    except ImportError as exc:
+        raise ConfigError(f"{where}.backend: {backend} needs a package that is not installed ({exc.name}): "
+                          f"pip install 'vfs[{backend}]'") from None
+    common = {k: entry[k] for k in ("ttl", "negative_ttl") if k in entry}
+    options = _build(cls.Options, {k: v for k, v in entry.items() if k not in ("path", "backend", *common)},
+                     where, ignore={"path", "backend", "ttl", "negative_ttl"})
+    timeouts = _build(_Timeouts, common, where)
+    return MountConfig(path, backend, options, timeouts.ttl, timeouts.negative_ttl)
+
+
+def parse(data: dict[str, Any], source: str) -> Config:
+    """A Config from parsed TOML; `source` names the file in errors."""
+    try:
+        for key in data:
+            if key not in ("cache", "metadata", "fuse", "mount"):
+                close = difflib.get_close_matches(key, ["cache", "metadata", "fuse", "mount"], 1)
+                raise ConfigError(f"{key}: unknown table" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        cache = _build(CacheConfig, data.get("cache", {}), "cache")
+        if cache.block_size < 4096:
+            raise ConfigError("cache.block_size: must be at least 4KiB")
+        from vfs.cache.policy import policy_class  # the policy registry, checked before mounting
+        for key in ("ram_policy", "ssd_policy"):
+            try:
+                policy_class(getattr(cache, key))
+            except ValueError as exc:
+                raise ConfigError(f"cache.{key}: {exc}") from None
+        metadata = _build(MetadataConfig, data.get("metadata", {}), "metadata")
+        fuse = _build(FuseConfig, data.get("fuse", {}), "fuse")
+        entries = data.get("mount", [])
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError("mount: at least one [[mount]] entry is required")
+        mounts = [_mount(e, f"mount #{i + 1}") for i, e in enumerate(entries)]
+        seen: dict[str, int] = {}
+        for i, m in enumerate(mounts):
+            if m.path in seen:
+                raise ConfigError(f"mount #{i + 1}.path: {m.path} is already used by mount #{seen[m.path] + 1}")
+            seen[m.path] = i
+        return Config(source, tuple(mounts), cache, metadata, fuse)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load(path: str | Path) -> Config:
+    """Read and check a TOML config file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, str(path))
+
+
+def source_entry(arg: str) -> dict[str, Any]:
+    """A `[[mount]]` entry from a one-liner `SOURCE[=/path]` such as `s3://bucket/prefix=/s3`."""
+    source, sep, path = arg.rpartition("=")
+    if not sep or not path.startswith("/"):
+        source, path = arg, ""
+    scheme, colon, _ = source.partition("://")
+    if colon and scheme in URL_SCHEMES:
+        backend = URL_SCHEMES[scheme]
+        options = backend_class(backend).options_from_url(source)
+        default = "/" + (options.get("bucket") or source.split("://", 1)[1].strip("/").split("/")[0] or backend)
+    else:
+        backend, options = "local", {"root": source}
+        default = "/" + (posixpath.basename(posixpath.normpath(source)) or "root")
+    return {"path": path or default, "backend": backend, **options}
+
+
+def from_sources(sources: list[str], base: dict[str, Any] | None = None) -> Config:
+    """A Config from one-liner sources (plus any tables of a base config)."""
+    data = dict(base or {})
+    try:
+        data["mount"] = list(data.get("mount", [])) + [source_entry(s) for s in sources]
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"command line: {exc}") from None
+    return parse(data, "command line")

@@ -1,0 +1,147 @@
+"""The FUSE adapter: pyfuse3.Operations over the namespace, and nothing more.
+
+Each handler decodes the kernel's arguments, calls the core, and encodes the reply. Every exception
+becomes a FUSEError in ONE place (`_errors`), with the errno from vfs.errors. Everything writable
+answers EROFS: every backend is read-only for now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+import time
+from typing import Iterator
+
+import pyfuse3
+
+from vfs.errors import errno_of
+from vfs.namespace import Entry, Namespace
+
+log = logging.getLogger(__name__)
+
+# Errors a reader expects in normal use: logged at debug, not as warnings.
+_QUIET = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSYS, errno.ENODATA}
+# Seconds between two warnings for the same (errno, operation): a dead silo must not flood the log.
+_WARN_EVERY = 30.0
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self._last: dict[tuple[int, str], float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, op: str) -> Iterator[None]:
+        try:
+            yield
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            err = errno_of(exc)
+            if err in _QUIET:
+                log.debug("%s: %s", op, exc)
+            else:
+                now = time.monotonic()
+                if now - self._last.get((err, op), -_WARN_EVERY) >= _WARN_EVERY:
+                    self._last[(err, op)] = now
+                    log.warning("%s failed: %s", op, exc, exc_info=not isinstance(exc, OSError))
+            raise pyfuse3.FUSEError(err) from None
+
+
+class FuseOps(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, ns: Namespace) -> None:
+        super().__init__()
+        self.ns = ns
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self._errors = _Errors()
+
+    def _attrs(self, e: Entry) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = e.ino
+        a.st_mode = (stat.S_IFDIR | 0o555) if e.is_dir else (stat.S_IFREG | 0o444)
+        a.st_nlink = 1  # "unknown": keeps find's leaf optimisation off
+        a.st_uid, a.st_gid = self.uid, self.gid
+        a.st_size = e.size
+        a.st_blksize = 128 * 1024  # the kernel's default FUSE request size (DESIGN.md)
+        a.st_blocks = (e.size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = e.mtime_ns
+        a.entry_timeout = a.attr_timeout = e.timeout
+        a.generation = 0
+        return a
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with self._errors("lookup"):
+            try:
+                return self._attrs(await self.ns.lookup(parent_inode, os.fsdecode(name)))
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                negative = pyfuse3.EntryAttributes()  # st_ino 0: the kernel remembers the miss
+                negative.entry_timeout = self.ns.negative_timeout(parent_inode)
+                return negative
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with self._errors("getattr"):
+            return self._attrs(await self.ns.getattr(inode))
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for inode, n in inode_list:
+            try:
+                self.ns.forget(inode, n)
+            except Exception:  # forget must never raise
+                log.exception("forget(%d, %d)", inode, n)
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        with self._errors("opendir"):
+            return await self.ns.opendir(inode)
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        with self._errors("readdir"):
+            self.ns.readdir(
+                fh, start_id, lambda name, e, nxt: pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(e), nxt)
+            )
+
+    async def releasedir(self, fh: int) -> None:
+        self.ns.releasedir(fh)
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        with self._errors("open"):
+            fh, keep_cache = await self.ns.open(inode, flags)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        with self._errors("read"):
+            return await self.ns.read(fh, off, size)
+
+    async def release(self, fh: int) -> None:
+        self.ns.release(fh)
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        out = pyfuse3.StatvfsData()
+        for key, value in self.ns.statfs().items():
+            setattr(out, key, value)
+        return out
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        return not mode & os.W_OK
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return []
+
+    # --- everything that would write -------------------------------------------------------------
+
+    async def _read_only(self, *args: object, **kwargs: object) -> None:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = create = mkdir = mknod = symlink = link = unlink = rmdir = rename = write = _read_only  # type: ignore[assignment]
+    setxattr = removexattr = _read_only  # type: ignore[assignment]

@@ -1,0 +1,324 @@
+"""Google Cloud Storage on google-cloud-storage (the JSON API client).
+
+Credentials: a service-account JSON key (`credentials_file`), no credentials at all (`anonymous`,
+public buckets and emulators), or else Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS,
+`gcloud auth application-default login`, the metadata server), so a user's existing set-up just
+works. `endpoint` points the client at another server (an emulator, a private endpoint); the client
+also honours STORAGE_EMULATOR_HOST by itself (and then sends no credentials).
+
+Directories are name prefixes: `list_dir` is a delimiter listing (objects.list with prefix and
+delimiter '/'), paged by the client's page iterator; marker objects (`dir/`) make empty directories
+visible. A name that is also a prefix (`x` and `x/y`) is a directory; the object `x` is not shown.
+Folders of hierarchical-namespace buckets that hold no object are not shown (only objects and their
+prefixes are).
+
+Version = the object's generation (decimal string). A generation is never reused and a replaced
+object never gets an older one back, which makes the read check below sound:
+- every ranged read carries `ifGenerationMatch=<version>`; GCS answers 412 conditionNotMet when the
+  live object is another generation (-> ESTALE), atomically with the read;
+- and the generation that served the bytes (the `x-goog-generation` response header, which GCS sends
+  on every media download) must equal `version`, else ESTALE. gcp-storage-emulator ignores
+  generation preconditions and the `generation` parameter and sends no such header: when the header
+  is missing the backend asks for the live generation after the read. Since generations only grow,
+  "live generation was `version` when the file was opened and still is after the read" means the
+  bytes were of `version`. Against real GCS the header is always there, so this costs nothing.
+Reading by explicit generation (`?generation=`) was not chosen: with object versioning it would keep
+serving a replaced version instead of reporting it stale, and a non-versioned bucket answers 404,
+which cannot be told apart from a deleted object.
+
+Reads ask for the stored bytes (`raw_download`): an object uploaded with Content-Encoding gzip would
+otherwise be decompressed on the way, and its bytes would no longer match its size or offsets.
+
+Retries: transient failures (429, 408, 5xx, connection resets, timeouts) are retried by the client
+itself (`google.cloud.storage.retry.DEFAULT_RETRY`, exponential back-off 1 s..60 s) for at most
+`retry_timeout` seconds per call; reads and listings are idempotent so retrying them is safe. What
+is left is translated once, here, into a SiloError (EAGAIN/ETIMEDOUT/EHOSTDOWN...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import errno
+import logging
+import threading
+from typing import Any, Callable, Iterator, TypeVar
+
+import google.api_core.exceptions
+import google.auth.exceptions
+import requests
+import requests.adapters
+import trio
+from google.api_core.page_iterator import Page
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
+from google.cloud.storage.exceptions import DataCorruption
+from google.cloud.storage.retry import DEFAULT_RETRY
+from google.oauth2 import service_account
+
+from vfs.errors import SiloError, silo_error
+from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, join, not_a_directory, not_found, stale, valid_name
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The backend only reads, so a key file is asked for no more than read access.
+READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
+# Only what ObjectMeta needs: a listing page of 1,000 objects shrinks about tenfold.
+LIST_FIELDS = "items(name,size,updated,generation),prefixes,nextPageToken"
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+@dataclasses.dataclass(frozen=True)
+class GCSOptions(BaseOptions):
+    bucket: str
+    prefix: str = ""
+    project: str | None = None
+    """Project for the client (not needed to read a bucket); ADC's project is not looked up."""
+    user_project: str | None = None
+    """Project billed for requester-pays buckets."""
+    credentials_file: str | None = None
+    """A service-account JSON key; without it (and without `anonymous`), Application Default Credentials."""
+    endpoint: str | None = None
+    """API endpoint, e.g. `http://127.0.0.1:9023` for an emulator; STORAGE_EMULATOR_HOST also works."""
+    anonymous: bool = False
+    page_size: int = 1000  # objects.list maxResults' maximum
+    connect_timeout: float = 10.0  # as S3Options: long enough for a cold TLS handshake across a continent
+    read_timeout: float = 60.0  # google-cloud-storage's own default per-request timeout
+    retry_timeout: float = 120.0  # google.api_core's default total deadline for DEFAULT_RETRY
+
+
+def _reason(exc: google.api_core.exceptions.GoogleAPICallError) -> str | None:
+    """The GCS error reason (`notFound`, `conditionNotMet`...) of an API error, if it carries one."""
+    for err in exc.errors or ():
+        if isinstance(err, dict) and err.get("reason"):
+            return str(err["reason"])
+    return exc.reason
+
+
+def translate(exc: BaseException, what: str) -> OSError:
+    """Turn a google-cloud-storage / google-auth / requests exception into an OSError (the GCS edge)."""
+    if isinstance(exc, google.api_core.exceptions.RetryError):
+        # The client's retry deadline passed: report the last failure it retried.
+        if isinstance(exc.cause, Exception):
+            return translate(exc.cause, what)
+        return SiloError(errno.ETIMEDOUT, f"{what}: {exc}", retryable=True)
+    if isinstance(exc, google.api_core.exceptions.GoogleAPICallError):
+        status = exc.code if isinstance(exc.code, int) else None
+        return silo_error(_reason(exc), status, what)
+    if isinstance(exc, (google.auth.exceptions.DefaultCredentialsError, google.auth.exceptions.RefreshError)):
+        return SiloError(errno.EACCES, f"{what}: no usable Google credentials ({exc})")
+    if isinstance(exc, google.auth.exceptions.TransportError):  # e.g. the token endpoint unreachable
+        return SiloError(errno.EHOSTDOWN, f"{what}: {exc}", retryable=True)
+    if isinstance(exc, requests.exceptions.Timeout):
+        return SiloError(errno.ETIMEDOUT, f"{what}: {exc}", retryable=True)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return SiloError(errno.EHOSTDOWN, f"{what}: {exc}", retryable=True)
+    if isinstance(exc, requests.exceptions.RequestException):
+        return SiloError(errno.EIO, f"{what}: {exc}", retryable=True)
+    if isinstance(exc, DataCorruption):
+        return SiloError(errno.EIO, f"{what}: {exc}")
+    if isinstance(exc, OSError):
+        return exc
+    return SiloError(errno.EIO, f"{what}: {type(exc).__name__}: {exc}")
+
+
+def mtime_ns(updated: datetime.datetime | None) -> int | None:
+    """Nanoseconds since the epoch, exactly (no float on the way)."""
+    if updated is None:
+        return None
+    return (updated - EPOCH) // datetime.timedelta(microseconds=1) * 1000
+
+
+class GCSBackend(Backend):
+    scheme = "gcs"
+    Options = GCSOptions
+
+    def __init__(self, options: GCSOptions) -> None:
+        if not options.bucket:
+            raise ValueError("bucket: required")
+        super().__init__(options)
+        self.o = options
+        self.prefix = options.prefix.strip("/")
+        self.retry = DEFAULT_RETRY.with_timeout(options.retry_timeout)
+        self.timeout = (options.connect_timeout, options.read_timeout)
+        # The client is made on first use, in a worker thread: finding Application Default
+        # Credentials may read files or probe the metadata server.
+        self._client: storage.Client | None = None
+        self._bucket: storage.Bucket | None = None
+        self._client_lock = threading.Lock()
+
+    @classmethod
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        for scheme in ("gs://", "gcs://"):
+            if url.startswith(scheme):
+                bucket, _, prefix = url.removeprefix(scheme).partition("/")
+                return {"bucket": bucket, "prefix": prefix}
+        raise ValueError(f"not a gs:// URL: {url}")
+
+    def describe(self) -> str:
+        return f"gs://{self.o.bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, path: str) -> str:
+        return join(self.prefix, path) if path else self.prefix
+
+    # -- the client (worker threads only) -------------------------------------------------------
+
+    def _make_client(self) -> storage.Client:
+        o = self.o
+        credentials: Any = None  # None: the client finds ADC itself (or goes anonymous for STORAGE_EMULATOR_HOST)
+        if o.anonymous:
+            credentials = AnonymousCredentials()
+        elif o.credentials_file:
+            try:
+                credentials = service_account.Credentials.from_service_account_file(
+                    o.credentials_file, scopes=[READ_ONLY_SCOPE]
+                )
+            except (OSError, ValueError) as exc:
+                raise SiloError(errno.EACCES, f"credentials_file {o.credentials_file}: {exc}") from exc
+        client_options = {"api_endpoint": o.endpoint} if o.endpoint else None
+        # project=None (not omitted) keeps the client from looking a default project up.
+        client = storage.Client(project=o.project, credentials=credentials, client_options=client_options)
+        # google-cloud-storage >= 3.10 fetches bucket metadata (one extra GET, in a daemon thread
+        # outside our limiter) only to label OpenTelemetry spans, which vfs does not emit. Every use
+        # of the attribute in the client is guarded by its truthiness, so None turns it off.
+        if getattr(client, "_bucket_metadata_cache", None) is not None:
+            client._bucket_metadata_cache = None
+        # requests keeps 10 connections per host by default; every worker thread gets its own.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=o.concurrency)
+        client._http.mount("https://", adapter)
+        client._http.mount("http://", adapter)
+        return client
+
+    def _bucket_handle(self) -> storage.Bucket:
+        with self._client_lock:
+            if self._bucket is None:
+                self._client = self._make_client()
+                self._bucket = self._client.bucket(self.o.bucket, user_project=self.o.user_project)
+            return self._bucket
+
+    async def _call(self, fn: Callable[..., T], what: str, *args: Any, **kwargs: Any) -> T:
+        """Run one blocking client call in a worker thread; translate its errors, once."""
+        try:
+            return await self.run_sync(fn, *args, **kwargs)
+        except Exception as exc:
+            raise translate(exc, f"{self.describe()}/{what}" if what else self.describe()) from exc
+
+    # -- blocking pieces, run by _call ----------------------------------------------------------
+
+    def _get_blob(self, key: str) -> storage.Blob | None:
+        return self._bucket_handle().get_blob(key, timeout=self.timeout, retry=self.retry)
+
+    def _pages(self, prefix: str, page_size: int) -> Iterator[Page]:
+        iterator = self._bucket_handle().list_blobs(
+            prefix=prefix or None, delimiter="/", page_size=page_size, fields=LIST_FIELDS,
+            timeout=self.timeout, retry=self.retry,
+        )
+        return iterator.pages
+
+    def _download(self, key: str, start: int, end: int, version: str) -> tuple[bytes, str | None]:
+        blob = self._bucket_handle().blob(key)
+        precondition = int(version) if version.isascii() and version.isdigit() else None
+        data = blob.download_as_bytes(
+            start=start,
+            end=end - 1,  # the client's end is inclusive
+            raw_download=True,
+            if_generation_match=precondition,
+            # A ranged response carries the whole object's hash, which cannot check a part.
+            checksum=None,
+            timeout=self.timeout,
+            retry=self.retry,
+        )
+        generation = blob.generation  # from x-goog-generation; None when the server sent none
+        return data, None if generation is None else str(generation)
+
+    # -- the Backend protocol -------------------------------------------------------------------
+
+    def _meta(self, path: str, blob: storage.Blob) -> ObjectMeta:
+        return ObjectMeta(path, False, int(blob.size or 0), mtime_ns(blob.updated), str(blob.generation or ""))
+
+    async def _next_page(self, pages: Iterator[Page], what: str) -> Page | None:
+        return await self._call(next, what, pages, None)
+
+    async def _is_prefix(self, path: str) -> bool:
+        pages = await self._call(self._pages, path, self._key(path) + "/", 1)
+        # GCS may answer a page with nothing in it and a next-page token; go on until something shows.
+        while (page := await self._next_page(pages, path)) is not None:
+            if page.num_items or page.prefixes:
+                return True
+        return False
+
+    async def _head(self, path: str) -> ObjectMeta | None:
+        blob = await self._call(self._get_blob, path, self._key(path))
+        return None if blob is None else self._meta(path, blob)
+
+    async def stat(self, path: str) -> ObjectMeta:
+        if path == "":
+            return ObjectMeta("", True)
+        # The prefix listing and the object lookup go out together: one round trip, and a prefix wins.
+        found: dict[str, Any] = {}
+
+        async def ask(name: str, fn: Callable[[str], Any]) -> None:
+            try:
+                found[name] = await fn(path)
+            except OSError as exc:
+                found[name + "_error"] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask, "dir", self._is_prefix)
+            nursery.start_soon(ask, "file", self._head)
+        if found.get("dir"):
+            return ObjectMeta(path, True)
+        if found.get("file") is not None:
+            return found["file"]
+        if "dir_error" in found or "file_error" in found:
+            raise found.get("dir_error") or found["file_error"]
+        raise not_found(f"{self.describe()}/{path}")
+
+    async def list_dir(self, path: str) -> list[ObjectMeta]:
+        prefix = self._key(path) + "/" if self._key(path) else ""
+        files: dict[str, ObjectMeta] = {}
+        dirs: set[str] = set()
+        marker = False
+        pages = await self._call(self._pages, path, prefix, self.o.page_size)
+        # One page per worker-thread call: the limiter stays fair and a cancel lands between pages.
+        while (page := await self._next_page(pages, path)) is not None:
+            for p in page.prefixes:
+                name = p[len(prefix):-1]
+                if valid_name(name):
+                    dirs.add(name)
+            for blob in page:
+                name = blob.name[len(prefix):]
+                if name == "":
+                    marker = True
+                elif valid_name(name):
+                    files[name] = self._meta(join(path, name), blob)
+        if path and not (files or dirs or marker):
+            if await self._head(path) is not None:
+                raise not_a_directory(f"{self.describe()}/{path}")
+            raise not_found(f"{self.describe()}/{path}")
+        out = [ObjectMeta(join(path, d), True) for d in sorted(dirs)]
+        return out + [m for n, m in sorted(files.items()) if n not in dirs]
+
+    async def read_range(self, path: str, start: int, end: int, version: str) -> bytes:
+        if end <= start:
+            return b""
+        try:
+            data, served = await self._call(self._download, path, self._key(path), start, end, version)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:  # 416: start is at or past the end of the object
+                return b""
+            raise
+        if served is None:
+            # No x-goog-generation header (gcp-storage-emulator): check the live generation now.
+            live = await self._head(path)
+            served = None if live is None else live.version
+        if served != version:
+            raise stale(f"{self.describe()}/{path}")
+        return data
+
+    async def aclose(self) -> None:
+        client, self._client, self._bucket = self._client, None, None
+        if client is not None:
+            await self.run_sync(client.close)

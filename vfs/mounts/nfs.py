@@ -1,0 +1,396 @@
+"""NFS in userspace, through the libnfs C library (no kernel NFS client needed).
+
+One option, `url`: a libnfs URL, `nfs://host/export/sub/dir?version=4&nfsport=2049&uid=0&gid=0`.
+The URL's path is what gets mounted (NFSv4 mounts any directory of the server's pseudo tree; for
+NFSv3, libnfs's default, it must be an export the server's MOUNT daemon accepts, found through the
+portmapper unless `mountport=`/`nfsport=` are given). Every libnfs URL argument works, see
+`nfs_parse_url_dir` in <nfsc/libnfs.h>.
+
+Why ctypes and not PyPI `libnfs`: that SWIG binding holds the GIL for the whole of every call (its
+extension never calls PyEval_SaveThread), so a read waiting on the server would freeze the trio
+thread and serialise every worker. ctypes releases the GIL around each foreign call. The binding
+below follows the libnfs 4.x/5.x API (sonames 13 and 14; only 13, Debian 12's libnfs13 4.0.0, is
+tested); libnfs 6 changed `nfs_pread`'s argument order (LIBNFS_API_V2), so other sonames are refused
+rather than called wrongly.
+
+Threads: a libnfs context is not thread safe. Each blocking call borrows a whole context (one TCP
+connection, one mounted session) from a small pool, so contexts never outnumber the backend's
+CapacityLimiter. A context whose connection failed is destroyed, and the call is retried once on a
+fresh one; a server that cannot be reached then surfaces as EHOSTDOWN, one that stops answering as
+ETIMEDOUT after `timeout` seconds (not retried). libnfs 4.0 never renews an NFSv4 lease, so a context
+whose last OPEN is older than the server's lease (60-90 s) gets NFS4ERR_EXPIRED on its next OPEN; the
+same retry replaces it (measured against ganesha with Lease_Lifetime = 5).
+
+Errors: libnfs returns -errno from every call (NFS4ERR_NOENT -> -ENOENT, ...); `_Context.check` turns that
+into a SiloError once, here at the edge. libnfs' message text is kept for humans only.
+
+Version = f"{mtime_ns}:{size}" as for a local directory; `read_range` compares it with an fstat of the
+opened file and raises ESTALE when it moved. Reads are split into pieces of at most READ_CHUNK.
+Symlinks are followed (within the export); sockets, FIFOs and devices are left out of listings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import errno
+import logging
+import os
+import secrets
+import socket
+import stat as st
+import threading
+from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
+
+from vfs.errors import RETRYABLE_ERRNOS, SiloError
+from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, join, not_a_directory, stale, valid_name
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Largest single READ sent. Ganesha's default MaxRead and most servers' rsize is 1 MiB; libnfs 4.0
+# over NFSv4 does not split larger preads itself and fails them ("nfs_service failed", measured
+# here with an 8 MiB pread against ganesha 4.3), so bigger ranges are read as several preads.
+READ_CHUNK = 1024 * 1024
+
+# libnfs sonames with the pre-6.0 API this binding declares (13 = libnfs 4.0 on Debian 12, tested here;
+# 14 = libnfs 5.x, same header API, untested).
+SONAMES = ("libnfs.so.13", "libnfs.so.14")
+
+# errnos that mean "the server answered": the context is still good and the errno is the answer.
+# Anything else (libnfs reports a broken connection as EIO "nfs_service failed") retires the context.
+ANSWERS = frozenset({
+    errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ESTALE,
+    errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.EROFS, errno.EFBIG,
+})
+
+# NFS file types (ftype3/nfs_ftype4 share these numbers) for a dirent whose mode lacks S_IFMT bits.
+_FTYPE_MODE = {1: st.S_IFREG, 2: st.S_IFDIR, 5: st.S_IFLNK}
+
+
+# --- the C API (struct layouts from <nfsc/libnfs.h>, libnfs 4.0) -------------------------------
+
+class _Url(ctypes.Structure):
+    _fields_ = [("server", ctypes.c_char_p), ("path", ctypes.c_char_p), ("file", ctypes.c_char_p)]
+
+
+class _Stat64(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "dev", "ino", "mode", "nlink", "uid", "gid", "rdev", "size", "blksize", "blocks",
+        "atime", "mtime", "ctime", "atime_nsec", "mtime_nsec", "ctime_nsec", "used")]
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+
+class _Dirent(ctypes.Structure):
+    pass
+
+
+_Dirent._fields_ = [
+    ("next", ctypes.POINTER(_Dirent)), ("name", ctypes.c_char_p), ("inode", ctypes.c_uint64),
+    ("type", ctypes.c_uint32), ("mode", ctypes.c_uint32), ("size", ctypes.c_uint64),
+    ("atime", _Timeval), ("mtime", _Timeval), ("ctime", _Timeval),
+    ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32), ("nlink", ctypes.c_uint32),
+    ("dev", ctypes.c_uint64), ("rdev", ctypes.c_uint64), ("blksize", ctypes.c_uint64),
+    ("blocks", ctypes.c_uint64), ("used", ctypes.c_uint64),
+    ("atime_nsec", ctypes.c_uint32), ("mtime_nsec", ctypes.c_uint32), ("ctime_nsec", ctypes.c_uint32),
+]
+
+
+def _load() -> ctypes.CDLL:
+    errors = []
+    for name in SONAMES:
+        try:
+            lib = ctypes.CDLL(name)  # CDLL (not PyDLL): the GIL is released during each call
+            break
+        except OSError as exc:
+            errors.append(str(exc))
+    else:
+        raise ImportError(f"libnfs 4.x/5.x not found ({'; '.join(errors)}); install libnfs13 (Debian) or libnfs14",
+                          name="libnfs13")
+    vp, cp, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
+    signatures: dict[str, tuple[Any, list[Any]]] = {
+        "nfs_init_context": (vp, []),
+        "nfs_destroy_context": (None, [vp]),
+        "nfs_get_error": (cp, [vp]),
+        "nfs_parse_url_dir": (ctypes.POINTER(_Url), [vp, cp]),
+        "nfs_destroy_url": (None, [ctypes.POINTER(_Url)]),
+        "nfs_set_timeout": (None, [vp, i]),
+        "nfs_set_dircache": (None, [vp, i]),
+        "nfs_set_autoreconnect": (None, [vp, i]),
+        "nfs4_set_client_name": (None, [vp, cp]),
+        "nfs4_set_verifier": (None, [vp, cp]),
+        "nfs_mount": (i, [vp, cp, cp]),
+        "nfs_stat64": (i, [vp, cp, ctypes.POINTER(_Stat64)]),
+        "nfs_open": (i, [vp, cp, i, ctypes.POINTER(vp)]),
+        "nfs_close": (i, [vp, vp]),
+        "nfs_fstat64": (i, [vp, vp, ctypes.POINTER(_Stat64)]),
+        "nfs_pread": (i, [vp, vp, ctypes.c_uint64, ctypes.c_uint64, vp]),
+        "nfs_opendir": (i, [vp, cp, ctypes.POINTER(vp)]),
+        "nfs_readdir": (ctypes.POINTER(_Dirent), [vp, vp]),
+        "nfs_closedir": (None, [vp, vp]),
+    }
+    for fname, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, fname)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+# Loaded at import, so a missing libnfs shows when the config is checked (vfs.config catches ImportError).
+_lib = _load()
+
+
+# --- contexts ---------------------------------------------------------------------------------
+
+class _NFSError(SiloError):
+    """A failed libnfs call; `answered` says whether the server answered (the context is fine)."""
+
+    def __init__(self, err: int, what: str) -> None:
+        if err == errno.EINTR:
+            # libnfs' synchronous calls report an RPC that outlived nfs_set_timeout as -EINTR
+            # ("Command timed out"); no signal ever interrupts them.
+            err = errno.ETIMEDOUT
+        super().__init__(err, what, retryable=err in RETRYABLE_ERRNOS)
+        self.answered = err in ANSWERS
+
+
+class _Context:
+    """One libnfs context, mounted; used by one thread at a time."""
+
+    def __init__(self, url: str, timeout_ms: int) -> None:
+        self.lib = _lib
+        self.ctx = self.lib.nfs_init_context()
+        if not self.ctx:
+            raise SiloError(errno.ENOMEM, "nfs_init_context failed")
+        try:
+            self.lib.nfs_set_timeout(self.ctx, timeout_ms)
+            # The namespace owns metadata caching (with its TTL); libnfs' own directory cache would
+            # serve stale listings of a mutable export.
+            self.lib.nfs_set_dircache(self.ctx, 0)
+            # Each context must be its own NFSv4 client. libnfs names clients "Libnfs pid:<pid> <n>",
+            # which two contexts made in the same process can share; the server then merges their open
+            # state and one context's reads fail with NFS4ERR_OLD_STATEID.
+            self.lib.nfs4_set_client_name(self.ctx, f"vfs {socket.gethostname()} {os.getpid()} {secrets.token_hex(8)}".encode())
+            self.lib.nfs4_set_verifier(self.ctx, secrets.token_hex(4).encode())  # 8 bytes, no NUL
+            parsed = self.lib.nfs_parse_url_dir(self.ctx, url.encode())
+            if not parsed:
+                raise SiloError(errno.EINVAL, f"{url}: {self.error()}")
+            try:
+                server, path = parsed.contents.server, parsed.contents.path or b"/"
+                # Failures are ours to retry (a fresh context per attempt); libnfs must not loop.
+                self.lib.nfs_set_autoreconnect(self.ctx, 0)
+                ret = self.lib.nfs_mount(self.ctx, server, path)
+            finally:
+                self.lib.nfs_destroy_url(parsed)
+            if ret < 0:
+                err = -ret
+                if err not in (errno.ENOENT, errno.ENOTDIR, errno.EACCES):
+                    # libnfs reports refused/unreachable/unresolvable servers as EIO or EPERM with
+                    # a message only; at mount time any such failure means "no server there".
+                    err = errno.EHOSTDOWN
+                raise SiloError(err, f"cannot mount {url}: {self.error()}")
+        except BaseException:
+            self.close()
+            raise
+
+    def error(self) -> str:
+        msg = self.lib.nfs_get_error(self.ctx)
+        return msg.decode(errors="replace") if msg else "unknown libnfs error"
+
+    def check(self, ret: int, what: str) -> int:
+        """`ret` if it is not a -errno; else raise it as an OSError (the one translation)."""
+        if ret < 0:
+            raise _NFSError(-ret, f"{what}: {self.error()}")
+        return ret
+
+    def close(self) -> None:
+        if self.ctx:
+            self.lib.nfs_destroy_context(self.ctx)
+            self.ctx = None
+
+
+class _Pool:
+    """Idle mounted contexts; at most one per worker thread of the backend is ever created."""
+
+    def __init__(self, url: str, timeout_ms: int) -> None:
+        self.url, self.timeout_ms = url, timeout_ms
+        self.idle: list[_Context] = []
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def call(self, fn: Callable[[_Context], T]) -> T:
+        """Run `fn` on a context; a connection failure on a reused context retries once on a new one."""
+        with self.lock:
+            ctx = self.idle.pop() if self.idle else None
+        reused = ctx is not None
+        while True:
+            if ctx is None:
+                ctx = _Context(self.url, self.timeout_ms)
+            try:
+                result = fn(ctx)
+            except _NFSError as exc:
+                if exc.answered:
+                    self._give_back(ctx)
+                    raise
+                ctx.close()
+                ctx = None
+                if not reused or exc.errno == errno.ETIMEDOUT:
+                    raise  # a fresh connection failed too, or the server is slow (waiting twice helps no one)
+                log.debug("nfs: %s: dropped a broken context (%s), retrying on a new one", self.url, exc)
+                reused = False
+                continue
+            except SiloError:
+                self._give_back(ctx)  # our own verdict (ESTALE, not a regular file): the context is fine
+                raise
+            except BaseException:
+                ctx.close()
+                raise
+            self._give_back(ctx)
+            return result
+
+    def _give_back(self, ctx: _Context) -> None:
+        with self.lock:
+            if not self.closed:
+                self.idle.append(ctx)
+                return
+        ctx.close()  # the backend was closed while this call ran
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            idle, self.idle = self.idle, []
+        for ctx in idle:
+            ctx.close()
+
+
+# --- the backend ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class NFSOptions(BaseOptions):
+    url: str
+    """libnfs URL: nfs://host/export/sub/dir[?version=4&nfsport=N&uid=N&gid=N...]"""
+    timeout: float = 30.0
+    """Seconds before one NFS call gives up (libnfs nfs_set_timeout)."""
+
+
+def _mode_of(mode: int, ftype: int) -> int:
+    return mode if st.S_IFMT(mode) else mode | _FTYPE_MODE.get(ftype, 0)
+
+
+def _meta(path: str, mode: int, size: int, mtime_ns: int) -> ObjectMeta | None:
+    if st.S_ISDIR(mode):
+        return ObjectMeta(path, True, 0, mtime_ns)
+    if st.S_ISREG(mode):
+        return ObjectMeta(path, False, size, mtime_ns, f"{mtime_ns}:{size}")
+    return None
+
+
+def _stat_meta(path: str, s: _Stat64) -> ObjectMeta | None:
+    return _meta(path, s.mode, s.size, s.mtime * 1_000_000_000 + s.mtime_nsec)
+
+
+class NFSBackend(Backend):
+    scheme = "nfs"
+    Options = NFSOptions
+
+    def __init__(self, options: NFSOptions) -> None:
+        parts = urlsplit(options.url)
+        if parts.scheme != "nfs" or not parts.hostname:
+            raise ValueError(f"url: expected nfs://host/export/path, got {options.url!r}")
+        super().__init__(options)
+        self.url = options.url
+        self.pool = _Pool(options.url, max(1, int(options.timeout * 1000)))
+
+    @classmethod
+    def options_from_url(cls, url: str) -> dict[str, Any]:
+        return {"url": url}
+
+    def describe(self) -> str:
+        return self.url
+
+    @staticmethod
+    def _nfs_path(path: str) -> bytes:
+        return os.fsencode("/" + path)
+
+    # Each of these runs in a worker thread, on a borrowed context.
+
+    def _stat(self, ctx: _Context, path: str) -> ObjectMeta:
+        s = _Stat64()
+        ctx.check(ctx.lib.nfs_stat64(ctx.ctx, self._nfs_path(path), ctypes.byref(s)), f"stat {path!r}")
+        meta = _stat_meta(path, s)
+        if meta is None:
+            raise SiloError(errno.ENOENT, f"{self.url} {path!r} is not a regular file or directory")
+        return meta
+
+    def _list(self, ctx: _Context, path: str) -> list[ObjectMeta]:
+        handle = ctypes.c_void_p()
+        ctx.check(ctx.lib.nfs_opendir(ctx.ctx, self._nfs_path(path), ctypes.byref(handle)), f"list {path!r}")
+        entries = []
+        try:
+            while ent := ctx.lib.nfs_readdir(ctx.ctx, handle):
+                e = ent.contents
+                name = os.fsdecode(e.name)
+                if valid_name(name):
+                    mtime_ns = e.mtime.tv_sec * 1_000_000_000 + e.mtime_nsec
+                    entries.append((name, _mode_of(e.mode, e.type), e.size, mtime_ns))
+        finally:
+            ctx.lib.nfs_closedir(ctx.ctx, handle)
+        out = []
+        for name, mode, size, mtime_ns in entries:
+            child = join(path, name)
+            if st.S_ISLNK(mode):
+                try:
+                    out.append(self._stat(ctx, child))
+                except _NFSError as exc:
+                    if not exc.answered:
+                        raise
+                except SiloError:
+                    pass  # a dangling symlink, or one to a socket/FIFO/device
+                continue
+            meta = _meta(child, mode, size, mtime_ns)
+            if meta is not None:
+                out.append(meta)
+        return sorted(out, key=lambda m: m.name)
+
+    def _read(self, ctx: _Context, path: str, start: int, end: int, version: str) -> bytes:
+        fh = ctypes.c_void_p()
+        ctx.check(ctx.lib.nfs_open(ctx.ctx, self._nfs_path(path), os.O_RDONLY, ctypes.byref(fh)), f"open {path!r}")
+        try:
+            s = _Stat64()
+            ctx.check(ctx.lib.nfs_fstat64(ctx.ctx, fh, ctypes.byref(s)), f"fstat {path!r}")
+            if f"{s.mtime * 1_000_000_000 + s.mtime_nsec}:{s.size}" != version:
+                raise stale(path)
+            end = min(end, s.size)
+            buf = bytearray(max(0, end - start))
+            got = 0
+            while got < len(buf):
+                want = min(READ_CHUNK, len(buf) - got)
+                piece = (ctypes.c_char * want).from_buffer(buf, got)
+                n = ctx.check(ctx.lib.nfs_pread(ctx.ctx, fh, start + got, want, piece), f"read {path!r}")
+                del piece  # release the export of buf before it may be resized
+                if n == 0:
+                    break  # EOF: the file shrank under us; the caller gets a short read
+                got += n
+            del buf[got:]
+            return bytes(buf)
+        finally:
+            ctx.lib.nfs_close(ctx.ctx, fh)
+
+    async def stat(self, path: str) -> ObjectMeta:
+        return await self.run_sync(self.pool.call, lambda ctx: self._stat(ctx, path))
+
+    async def list_dir(self, path: str) -> list[ObjectMeta]:
+        try:
+            return await self.run_sync(self.pool.call, lambda ctx: self._list(ctx, path))
+        except NotADirectoryError:
+            raise not_a_directory(path) from None
+
+    async def read_range(self, path: str, start: int, end: int, version: str) -> bytes:
+        return await self.run_sync(self.pool.call, lambda ctx: self._read(ctx, path, start, end, version))
+
+    async def aclose(self) -> None:
+        await self.run_sync(self.pool.close)

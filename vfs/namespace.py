@@ -1,0 +1,210 @@
+"""The namespace: the core of vfs that the FUSE adapter calls, with no kernel in sight.
+
+It ties the mount table (which silo serves a path), the inode table (what the kernel holds) and the
+metadata cache (what the silos said, and for how long) together, and hands file reads to the reader.
+Every method takes and returns plain Python values; errors are OSError with an errno.
+
+Lock order: there are no locks; every method runs on the trio thread and keeps the tables consistent
+between awaits (a node is assigned and referenced with no await in between).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import itertools
+import logging
+import os
+from typing import Callable
+
+from vfs.inodes import Inode, InodeTable
+from vfs.metadata import MetadataCache
+from vfs.mount_table import Mount, MountTable, child_of, parent_of
+from vfs.mounts.base import ObjectMeta
+from vfs.reader import Reader
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    """Attributes of one inode, as the adapter needs them."""
+
+    ino: int
+    is_dir: bool
+    size: int
+    mtime_ns: int
+    timeout: float
+    """Seconds the kernel may keep this entry and its attributes."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DirHandle:
+    path: str
+    entries: list[tuple[str, ObjectMeta, float]]  # name, meta, timeout; offsets are indexes + 1
+
+
+def _error(err: int, what: str) -> OSError:
+    return OSError(err, os.strerror(err), what)
+
+
+class Namespace:
+    def __init__(self, table: MountTable, reader: Reader, default_ttl: float, metadata: MetadataCache | None = None) -> None:
+        self.table = table
+        self.reader = reader
+        self.default_ttl = default_ttl
+        self.inodes = InodeTable()
+        self.meta = metadata or MetadataCache()
+        self._dirs: dict[int, DirHandle] = {}
+        self._dir_ids = itertools.count(1)
+        self._read_paths: dict[int, tuple[Mount, str]] = {}
+
+    # --- resolving paths -------------------------------------------------------------------------
+
+    def _node(self, ino: int) -> Inode:
+        try:
+            return self.inodes.get(ino)
+        except KeyError:
+            raise _error(errno.ESTALE, f"inode {ino}") from None
+
+    async def _resolve(self, path: str) -> tuple[ObjectMeta, float]:
+        """Metadata of a tree path and how long the kernel may trust it."""
+        if self.table.is_overlay(path):  # mount points and the directories leading to them
+            mount = self.table.by_path.get(path)
+            return ObjectMeta("", True), mount.ttl if mount else self.default_ttl
+        routed = self.table.route(path)
+        if routed is None:
+            raise _error(errno.ENOENT, path)
+        mount, inner = routed
+        return await self.meta.stat(mount, inner), mount.ttl
+
+    def _entry(self, node: Inode, meta: ObjectMeta, timeout: float) -> Entry:
+        mtime = meta.mtime_ns if meta.mtime_ns is not None else self.table.started_ns
+        return Entry(node.ino, meta.is_dir, 0 if meta.is_dir else meta.size, mtime, timeout)
+
+    def _known(self, path: str, meta: ObjectMeta, timeout: float) -> Entry:
+        """An entry for a path, referenced once for the kernel."""
+        node = self.inodes.assign(path, meta.is_dir)
+        self.inodes.ref(node)
+        return self._entry(node, meta, timeout)
+
+    # --- the operations --------------------------------------------------------------------------
+
+    async def lookup(self, parent_ino: int, name: str) -> Entry:
+        parent = self._node(parent_ino)
+        if name == ".":
+            path = parent.path
+        elif name == "..":
+            path = parent_of(parent.path)
+        else:
+            path = child_of(parent.path, name)
+        meta, timeout = await self._resolve(path)
+        return self._known(path, meta, timeout)
+
+    def negative_timeout(self, parent_ino: int) -> float:
+        """How long the kernel may remember that a name under this directory does not exist."""
+        try:
+            routed = self.table.route(self.inodes.get(parent_ino).path)
+        except KeyError:
+            return 0.0
+        return routed[0].negative_ttl if routed else self.default_ttl
+
+    async def getattr(self, ino: int) -> Entry:
+        node = self._node(ino)
+        meta, timeout = await self._resolve(node.path)
+        if meta.is_dir != node.is_dir:
+            raise _error(errno.ESTALE, f"{node.path} changed kind")
+        return self._entry(node, meta, timeout)
+
+    def forget(self, ino: int, n: int) -> None:
+        self.inodes.forget(ino, n)
+
+    async def opendir(self, ino: int) -> int:
+        node = self._node(ino)
+        if not node.is_dir:
+            raise _error(errno.ENOTDIR, node.path)
+        children: dict[str, tuple[ObjectMeta, float]] = {}
+        routed = self.table.route(node.path)
+        if routed is not None:
+            mount, inner = routed
+            try:
+                listing = await self.meta.list_dir(mount, inner)
+            except OSError as exc:
+                if not (self.table.is_overlay(node.path) and exc.errno in (errno.ENOENT, errno.ENOTDIR)):
+                    raise
+                listing = {}
+            children = {name: (meta, mount.ttl) for name, meta in listing.items()}
+        for name in self.table.overlay(node.path):
+            mount = self.table.by_path.get(child_of(node.path, name))
+            children[name] = (ObjectMeta(name, True), mount.ttl if mount else self.default_ttl)
+        fh = next(self._dir_ids)
+        self._dirs[fh] = DirHandle(node.path, [(n, m, t) for n, (m, t) in sorted(children.items())])
+        return fh
+
+    def readdir(self, fh: int, start: int, reply: Callable[[str, Entry, int], bool]) -> None:
+        """Offer entries from offset `start` to `reply(name, entry, next_offset)` until it says no.
+
+        Offsets 0 and 1 are '.' and '..' (which the kernel never counts as lookups); entry i of the
+        snapshot taken at opendir is offset i + 2, so offsets stay stable while the handle lives.
+        Other entries are referenced for the kernel only when `reply` took them (readdirplus).
+        """
+        handle = self._dirs[fh]
+        for offset in range(start, len(handle.entries) + 2):
+            if offset < 2:
+                node = self.inodes.assign(handle.path if offset == 0 else parent_of(handle.path), True)
+                taken = reply("." if offset == 0 else "..", self._entry(node, ObjectMeta("", True), 0), offset + 1)
+                self.inodes.drop_unused(node)  # the kernel takes no reference on '.' and '..'
+                if not taken:
+                    return
+                continue
+            name, meta, timeout = handle.entries[offset - 2]
+            node = self.inodes.assign(child_of(handle.path, name), meta.is_dir)
+            if not reply(name, self._entry(node, meta, timeout), offset + 1):
+                self.inodes.drop_unused(node)
+                return
+            self.inodes.ref(node)
+
+    def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """Open a file for reading: (handle, keep the kernel's cached pages)."""
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise _error(errno.EROFS, self._node(ino).path)
+        node = self._node(ino)
+        if node.is_dir:
+            raise _error(errno.EISDIR, node.path)
+        routed = self.table.route(node.path)
+        if routed is None:
+            raise _error(errno.EISDIR, node.path)
+        mount, inner = routed
+        meta = await self.meta.stat(mount, inner)
+        if meta.is_dir:
+            raise _error(errno.EISDIR, node.path)
+        keep_cache = node.page_version == meta.version
+        node.page_version = meta.version
+        fh = self.reader.open(mount.path, mount.backend, inner, meta.version, meta.size)
+        self._read_paths[fh] = (mount, inner)
+        return fh, keep_cache
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        try:
+            return await self.reader.read(fh, offset, size)
+        except OSError as exc:
+            if exc.errno == errno.ESTALE and fh in self._read_paths:
+                self.meta.invalidate(*self._read_paths[fh])  # the next open sees the new version
+            raise
+
+    def release(self, fh: int) -> None:
+        self.reader.release(fh)
+        self._read_paths.pop(fh, None)
+
+    def statfs(self) -> dict[str, int]:
+        bs = self.reader.block_size
+        return {
+            "f_bsize": bs, "f_frsize": bs,
+            # Silos have no fixed size: report 1 PiB, all of it in use (the mount is read-only).
+            "f_blocks": (1 << 50) // bs, "f_bfree": 0, "f_bavail": 0,
+            "f_files": len(self.inodes), "f_ffree": 0, "f_favail": 0,
+            "f_namemax": 255,
+        }
