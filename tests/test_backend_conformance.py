@@ -7,6 +7,7 @@ S3, GCS, NFS, Drive, a local directory and memory. Extras a backend lacks are sk
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import random
 from typing import Any, Awaitable, Callable, Iterator
@@ -160,6 +161,18 @@ def test_concurrent_reads(silo: Silo) -> None:
     assert b"".join(got[k] for k in sorted(got)) == data
 
 
+def test_a_backend_rooted_below_the_top(silo: Silo) -> None:
+    if silo.rooted is None:
+        pytest.skip("this silo has no way to root a backend below its top")
+    backend = silo.rooted("data")
+    assert run(backend.stat, "").is_dir
+    assert {m.name: m.is_dir for m in run(backend.list_dir, "")} == {"blob.bin": False, "nested": True}
+    meta = run(backend.stat, "blob.bin")
+    assert run(backend.read_range, "blob.bin", 10, 20, meta.version) == FILES["data/blob.bin"][10:20]
+    assert set(names(run(backend.list_dir, "nested/deep"))) == {"leaf.txt"}
+    expect_errno(errno.ENOENT, backend.stat, "hello.txt")
+
+
 def test_object_and_prefix_is_a_directory(silo: Silo) -> None:
     if not silo.flat_keys:
         pytest.skip("only object stores can hold a key that is also a prefix")
@@ -175,3 +188,14 @@ def test_refused_credentials_are_eacces(silo: Silo) -> None:
     backend = silo.denied()
     expect_errno(errno.EACCES, backend.stat, "hello.txt")
     expect_errno(errno.EACCES, backend.list_dir, "")
+
+
+def test_stats_count_calls_errors_and_bytes(silo: Silo) -> None:
+    before = dataclasses.replace(silo.backend.stats)
+    meta = run(silo.backend.stat, "hello.txt")
+    run(silo.backend.read_range, "hello.txt", 0, 5, meta.version)
+    expect_errno(errno.ENOENT, silo.backend.stat, "nope")
+    after = silo.backend.stats
+    assert after.requests - before.requests == 3
+    assert after.bytes - before.bytes == 5
+    assert after.errors == before.errors  # ENOENT is an answer, not an error

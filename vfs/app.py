@@ -25,6 +25,10 @@ from vfs.reader import Reader
 log = logging.getLogger(__name__)
 
 
+# Signals a running mount takes from `vfs cache clear --mount`: which tier to empty.
+CLEAR_SIGNALS = {signal.SIGUSR1: "ram", signal.SIGUSR2: "ssd"}
+
+
 class MountError(RuntimeError):
     """The mountpoint cannot be used; the message says why and what to do, in one line."""
 
@@ -85,7 +89,8 @@ def open_backends(config: Config) -> list[Mount]:
 def build_namespace(config: Config) -> Namespace:
     c = config.cache
     cache = build_cache(c.block_size, c.ram_size, c.ram_policy, os.path.expanduser(c.ssd_dir), c.ssd_size, c.ssd_policy)
-    reader = Reader(cache, prefetch_blocks=c.prefetch_blocks)
+    trace = open(os.path.expanduser(c.trace_file), "a", buffering=1 << 16) if c.trace_file else None
+    reader = Reader(cache, prefetch_blocks=c.prefetch_blocks, trace=trace)
     return Namespace(MountTable(open_backends(config)), reader, default_ttl=config.metadata.ttl)
 
 
@@ -104,8 +109,13 @@ async def _serve(ns: Namespace) -> None:
         ns.reader.start(nursery)
 
         async def on_signal() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            stop = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            with trio.open_signal_receiver(*stop, *CLEAR_SIGNALS) as signals:
                 async for signum in signals:
+                    if signum in CLEAR_SIGNALS:  # `vfs cache clear --mount`
+                        dropped = await ns.reader.clear(CLEAR_SIGNALS[signum])
+                        log.info("cache cleared: %s", dropped)
+                        continue
                     log.info("%s: unmounting", signal.Signals(signum).name)
                     pyfuse3.terminate()
                     return
@@ -113,6 +123,7 @@ async def _serve(ns: Namespace) -> None:
         nursery.start_soon(on_signal)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+    await trio.to_thread.run_sync(ns.reader.close)  # the SSD tier writes out RAM's blocks
     for mount in ns.table.mounts:
         await mount.backend.aclose()
 

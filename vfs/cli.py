@@ -64,6 +64,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cfg = _load(args)
         if args.allow_other:
             cfg = dataclasses.replace(cfg, fuse=dataclasses.replace(cfg.fuse, allow_other=True))
+        if args.trace:
+            cfg = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, trace_file=os.path.abspath(args.trace)))
         app.check_mountpoint(args.mountpoint)
     except (vfs_config.ConfigError, app.MountError) as exc:
         print(f"vfs: {exc}", file=sys.stderr)
@@ -92,6 +94,8 @@ def _mount_in_background(args: argparse.Namespace) -> int:
         argv += ["--config", args.config]
     if args.allow_other:
         argv.append("--allow-other")
+    if args.trace:
+        argv += ["--trace", os.path.abspath(args.trace)]
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
     deadline = time.monotonic() + BACKGROUND_START_TIMEOUT
@@ -141,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--allow-other", action="store_true", help="let other users see the mount (needs user_allow_other in /etc/fuse.conf)")
     m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     m.add_argument("--log-file", help="log here instead of stderr (background mounts default to ~/.local/state/vfs/)")
+    m.add_argument("--trace", metavar="FILE", help="record block accesses for `vfs cache simulate --trace FILE`")
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser("unmount", aliases=["umount"], help="unmount MOUNTPOINT")
@@ -148,14 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
     u.set_defaults(func=cmd_unmount)
 
-    c = sub.add_parser("cache", help="inspect and simulate the block cache")
+    c = sub.add_parser("cache", help="inspect, clear and simulate the block cache")
     csub = c.add_subparsers(dest="cache_command", required=True)
-    try:
-        from vfs.cache.commands import add_commands
-    except ImportError:
-        pass
-    else:
-        add_commands(csub)
+    from vfs import observe
+    from vfs.cache import commands
+
+    observe.add_commands(sub, csub)
+    commands.add_commands(csub)
     return p
 
 

@@ -7,6 +7,7 @@
     ssd_dir = "~/.cache/vfs"     # SSD tier; off while ssd_size is 0
     ssd_size = "0"
     ssd_policy = "lru"
+    trace_file = ""              # record block accesses for `vfs cache simulate`
 
     [metadata]
     ttl = 60                     # seconds listings/attributes are trusted (kernel timeouts too)
@@ -56,6 +57,8 @@ class CacheConfig:
     ssd_size: int = 0
     ssd_policy: str = "lru"
     prefetch_blocks: int = 2
+    trace_file: str = ""
+    """Record every block access here as `KEY SIZE` lines, for `vfs cache simulate --trace`."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -113,8 +113,8 @@ class FuseOps(pyfuse3.Operations):
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         with self._errors("open"):
-            fh, keep_cache = await self.ns.open(inode, flags)
-            return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+            f = await self.ns.open(inode, flags)
+            return pyfuse3.FileInfo(fh=f.fh, keep_cache=f.keep_cache, direct_io=f.direct_io)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         with self._errors("read"):

@@ -4,6 +4,9 @@ It ties the mount table (which silo serves a path), the inode table (what the ke
 metadata cache (what the silos said, and for how long) together, and hands file reads to the reader.
 Every method takes and returns plain Python values; errors are OSError with an errno.
 
+`/.vfs/stats` is vfs's own read-only file: JSON counters of every tier and backend, made afresh at
+each open. `/.vfs` is left out of the root's listing but found by path.
+
 Lock order: there are no locks; every method runs on the trio thread and keeps the tables consistent
 between awaits (a node is assigned and referenced with no await in between).
 """
@@ -13,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import errno
 import itertools
+import json
 import logging
 import os
+import time
 from typing import Callable
 
 from vfs.inodes import Inode, InodeTable
@@ -44,6 +49,20 @@ class DirHandle:
     entries: list[tuple[str, ObjectMeta, float]]  # name, meta, timeout; offsets are indexes + 1
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class OpenFile:
+    fh: int
+    keep_cache: bool
+    """The kernel may keep the pages it cached of this inode (the version has not changed)."""
+    direct_io: bool = False
+    """Bypass the page cache and the file size (vfs's own files, whose size is known only once read)."""
+
+
+CONTROL_DIR = "/.vfs"
+STATS_FILE = "/.vfs/stats"
+_VIRTUAL_FH = 1 << 62  # handles of vfs's own files, apart from the reader's
+
+
 def _error(err: int, what: str) -> OSError:
     return OSError(err, os.strerror(err), what)
 
@@ -58,6 +77,9 @@ class Namespace:
         self._dirs: dict[int, DirHandle] = {}
         self._dir_ids = itertools.count(1)
         self._read_paths: dict[int, tuple[Mount, str]] = {}
+        self._virtual: dict[int, bytes] = {}
+        self._virtual_ids = itertools.count(_VIRTUAL_FH)
+        self.started = time.monotonic()
 
     # --- resolving paths -------------------------------------------------------------------------
 
@@ -69,6 +91,10 @@ class Namespace:
 
     async def _resolve(self, path: str) -> tuple[ObjectMeta, float]:
         """Metadata of a tree path and how long the kernel may trust it."""
+        if path == CONTROL_DIR:
+            return ObjectMeta(".vfs", True), self.default_ttl
+        if path == STATS_FILE:
+            return ObjectMeta("stats", False, 0), 0.0
         if self.table.is_overlay(path):  # mount points and the directories leading to them
             mount = self.table.by_path.get(path)
             return ObjectMeta("", True), mount.ttl if mount else self.default_ttl
@@ -125,7 +151,9 @@ class Namespace:
             raise _error(errno.ENOTDIR, node.path)
         children: dict[str, tuple[ObjectMeta, float]] = {}
         routed = self.table.route(node.path)
-        if routed is not None:
+        if node.path == CONTROL_DIR:
+            children["stats"] = (ObjectMeta("stats", False, 0), 0.0)
+        elif routed is not None:
             mount, inner = routed
             try:
                 listing = await self.meta.list_dir(mount, inner)
@@ -134,6 +162,8 @@ class Namespace:
                     raise
                 listing = {}
             children = {name: (meta, mount.ttl) for name, meta in listing.items()}
+        if node.path == "/":
+            children.pop(".vfs", None)  # vfs's own directory: found by path, never listed
         for name in self.table.overlay(node.path):
             mount = self.table.by_path.get(child_of(node.path, name))
             children[name] = (ObjectMeta(name, True), mount.ttl if mount else self.default_ttl)
@@ -167,13 +197,17 @@ class Namespace:
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
-    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """Open a file for reading: (handle, keep the kernel's cached pages)."""
+    async def open(self, ino: int, flags: int) -> OpenFile:
+        """Open a file for reading."""
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise _error(errno.EROFS, self._node(ino).path)
         node = self._node(ino)
         if node.is_dir:
             raise _error(errno.EISDIR, node.path)
+        if node.path == STATS_FILE:
+            fh = next(self._virtual_ids)
+            self._virtual[fh] = json.dumps(self.stats(), indent=1, sort_keys=True).encode() + b"\n"
+            return OpenFile(fh, keep_cache=False, direct_io=True)
         routed = self.table.route(node.path)
         if routed is None:
             raise _error(errno.EISDIR, node.path)
@@ -185,9 +219,11 @@ class Namespace:
         node.page_version = meta.version
         fh = self.reader.open(mount.path, mount.backend, inner, meta.version, meta.size)
         self._read_paths[fh] = (mount, inner)
-        return fh, keep_cache
+        return OpenFile(fh, keep_cache)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
+        if fh >= _VIRTUAL_FH:
+            return self._virtual[fh][offset:offset + size]
         try:
             return await self.reader.read(fh, offset, size)
         except OSError as exc:
@@ -196,8 +232,22 @@ class Namespace:
             raise
 
     def release(self, fh: int) -> None:
+        if fh >= _VIRTUAL_FH:
+            self._virtual.pop(fh, None)
+            return
         self.reader.release(fh)
         self._read_paths.pop(fh, None)
+
+    def stats(self) -> dict[str, object]:
+        """Everything `.vfs/stats` shows: tiers, reader, and per mount its backend's counters."""
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "inodes": len(self.inodes),
+            **self.reader.stats(),
+            "backends": {m.path: {"silo": m.backend.describe(), **dataclasses.asdict(m.backend.stats)}
+                         for m in sorted(self.table.mounts, key=lambda m: m.path)},
+        }
 
     def statfs(self) -> dict[str, int]:
         bs = self.reader.block_size

@@ -7,13 +7,18 @@ handle was opened on, so one handle never mixes bytes of two versions.
 
 Sequential reads (a read starting where the last one ended) prefetch the next blocks in the
 background, up to `prefetch_blocks` ahead per handle.
+
+With a trace file, every block access is recorded as a line `KEY SIZE` (KEY a short hash of the
+BlockKey), the format `vfs cache simulate --trace` replays.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import logging
+from typing import TextIO
 
 import trio
 
@@ -38,14 +43,16 @@ class ReadHandle:
 
 
 class Reader:
-    def __init__(self, cache: BlockCache, prefetch_blocks: int = 2) -> None:
+    def __init__(self, cache: BlockCache, prefetch_blocks: int = 2, trace: TextIO | None = None) -> None:
         self.cache = cache
         self.block_size = cache.block_size
         self.prefetch_blocks = prefetch_blocks
         self.handles: dict[int, ReadHandle] = {}
+        self.trace = trace
         self._ids = itertools.count(1)
         self._flights: SingleFlight[BlockKey, bytes] = SingleFlight()
         self._nursery: trio.Nursery | None = None
+        self.prefetches = 0
 
     def start(self, nursery: trio.Nursery) -> None:
         """Give the reader a nursery for background prefetch (none: no prefetch)."""
@@ -84,18 +91,23 @@ class Reader:
 
     async def _block(self, h: ReadHandle, index: int) -> bytes:
         key = self._key(h, index)
-        with self.cache.pinned(key):
-            data = await self.cache.get(key)
-        if data is not None:
-            return data
+        if self.trace is not None:
+            size = min(self.block_size, h.size - index * self.block_size)
+            self.trace.write(f"{hashlib.blake2b(str(key).encode(), digest_size=8).hexdigest()} {size}\n")
 
-        async def fetch() -> bytes:
+        async def load() -> bytes:
+            # Inside the flight: a block that a concurrent reader or prefetch is loading is waited
+            # for, never fetched a second time (a lookup outside would race with that load).
+            with self.cache.pinned(key):
+                data = await self.cache.get(key)
+            if data is not None:
+                return data
             start = index * self.block_size
             data = await h.backend.read_range(h.path, start, min(start + self.block_size, h.size), h.version)
             await self.cache.put(key, data)
             return data
 
-        return await self._flights.do(key, fetch)
+        return await self._flights.do(key, load)
 
     def _prefetch(self, h: ReadHandle, index: int) -> None:
         if self._nursery is None:
@@ -106,6 +118,7 @@ class Reader:
             h.prefetched_to = i
             key = self._key(h, i)
             if key not in self._flights:
+                self.prefetches += 1
                 self._nursery.start_soon(self._prefetch_one, h, i)
 
     async def _prefetch_one(self, h: ReadHandle, index: int) -> None:
@@ -113,3 +126,21 @@ class Reader:
             await self._block(h, index)
         except Exception as exc:  # a prefetch failing is not an error: the read itself will retry
             log.debug("prefetch of %s block %d failed: %s", h.path, index, exc)
+
+    def stats(self) -> dict[str, object]:
+        return {
+            "tiers": self.cache.stats(),
+            "reader": {"block_size": self.block_size, "open_handles": len(self.handles),
+                       "blocks_in_flight": len(self._flights), "prefetches": self.prefetches},
+        }
+
+    async def clear(self, tier: str | None = None) -> dict[str, int]:
+        """Drop every cached block of one tier (or all)."""
+        return await self.cache.clear(tier)
+
+    def close(self) -> None:
+        """Flush the trace and close the cache (blocking: the SSD tier writes out RAM's blocks)."""
+        if self.trace is not None:
+            self.trace.close()
+            self.trace = None
+        self.cache.close()

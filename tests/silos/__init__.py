@@ -21,7 +21,7 @@ from vfs.mounts.base import Backend
 # Silo modules, in the order the suites run them. A module whose server cannot start here fails its
 # tests (it is not skipped), so a missing install step shows in CI.
 # VFS_TEST_SILOS=gcs,s3 narrows a run to some of them.
-SILOS = os.environ.get("VFS_TEST_SILOS", "memory,local,s3").split(",")
+SILOS = os.environ.get("VFS_TEST_SILOS", "memory,local,s3,gcs,nfs,gdrive").split(",")
 
 
 @dataclasses.dataclass
@@ -37,6 +37,8 @@ class Silo:
     """The server honours the page size, so listings of `many/` span several pages."""
     mount_options: dict | None = None
     """`[[mount]]` options (without `path`) that mount this silo in a config file."""
+    rooted: Callable[[str], Backend] | None = None
+    """A backend whose top is the directory `data` of the dataset (S3 prefix, NFS sub-path...)."""
 
 
 def _blob(n: int, seed: int) -> bytes:

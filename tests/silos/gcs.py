@@ -80,6 +80,7 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
                 denied=None,
                 pages_tested=False,
                 mount_options={"backend": "gcs", **options},
+                rooted=lambda sub: GCSBackend(GCSOptions(prefix=sub, **options)),  # type: ignore[arg-type]
             )
         finally:
             gcs.close()

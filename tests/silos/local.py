@@ -39,4 +39,5 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
         replace=replace,
         pages_tested=False,
         mount_options={"backend": "local", "root": str(root)},
+        rooted=lambda sub: LocalBackend(LocalOptions(root=str(root / sub))),
     )

@@ -123,6 +123,7 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
                 denied=denied,
                 pages_tested=False,
                 mount_options={"backend": "nfs", "url": url},
+                rooted=lambda sub: NFSBackend(NFSOptions(url=url.replace("?", f"/{sub}?", 1))),
             )
         finally:
             trio.run(backend.aclose)

@@ -96,4 +96,5 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
             replace=replace,
             denied=denied,
             mount_options=moto.options(bucket=BUCKET),
+            rooted=lambda sub: moto.backend(BUCKET, prefix=sub),
         )

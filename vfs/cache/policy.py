@@ -21,10 +21,10 @@ Protocol (`EvictionPolicy`):
   trimmed at admit, after the admitted key was looked up in them).
 
 `lru`, `lfu` and `fifo` are cachetools' classes used as ordered key sets (a cachetools Cache whose
-values are sizes and whose maxsize is unbounded: it never evicts on its own). `rr` is our own: the
-cachetools RRCache draws with `random.choice(list(self))` in the 5.x releases pyproject allows (O(n)
-per eviction: 100k-key tiers and the simulator crawl), and its maintainer proposes deprecating it
-(tkem/cachetools#356). `s3fifo`, `sieve`, `arc` and `2q` are in vfs.cache.policies_modern.
+values are sizes and whose maxsize is unbounded: it never evicts on its own). `rr` is our own O(1)
+one: older cachetools releases (pyproject allows >=5.3) draw with `random.choice(list(self))`, O(n) per
+eviction, which makes 100k-key tiers and the simulator crawl; its maintainer proposes deprecating
+RRCache (tkem/cachetools#356); and ours is seeded, so simulations replay exactly. `s3fifo`, `sieve`, `arc` and `2q` are in vfs.cache.policies_modern.
 A user's own policy is named by import path, `policy = "package.module:ClassName"`.
 """
 

@@ -81,8 +81,55 @@ class BaseOptions:
     concurrency: int = DEFAULT_CONCURRENCY
 
 
+@dataclasses.dataclass
+class BackendStats:
+    """What a backend was asked and how it went, for `.vfs/stats`. Counted on the trio thread."""
+
+    requests: int = 0
+    """Calls of stat, list_dir and read_range (one may cost several HTTP requests: pages, retries)."""
+    errors: int = 0
+    """Calls that failed, not counting the ordinary answers ENOENT and ENOTDIR."""
+    bytes: int = 0
+    """Bytes returned by read_range."""
+    retries: int = 0
+    """Requests the backend (or its SDK) sent again after a throttle, timeout or server error."""
+
+
+# Failures that are ordinary answers, not errors of the silo.
+_ANSWERS = frozenset({errno.ENOENT, errno.ENOTDIR})
+
+
+def _counted(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def counted(self: "Backend", *args: Any, **kwargs: Any) -> Any:
+        self.stats.requests += 1
+        try:
+            out = await fn(self, *args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in _ANSWERS:
+                self.stats.errors += 1
+            raise
+        except Exception:
+            self.stats.errors += 1
+            raise
+        if isinstance(out, bytes):
+            self.stats.bytes += len(out)
+        return out
+
+    counted.__counted__ = True  # type: ignore[attr-defined]
+    return counted
+
+
 class Backend(abc.ABC):
     """One silo, seen as a read-only tree of directories and files."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every implementation of the three calls is counted in `stats`, with no code of its own."""
+        super().__init_subclass__(**kwargs)
+        for name in ("stat", "list_dir", "read_range"):
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "__abstractmethod__", False) and not getattr(fn, "__counted__", False):
+                setattr(cls, name, _counted(fn))
 
     scheme: ClassVar[str]
     """Name in config (`backend = "s3"`) and URL scheme in one-liners (`s3://bucket/prefix`)."""
@@ -92,6 +139,7 @@ class Backend(abc.ABC):
     def __init__(self, options: BaseOptions) -> None:
         self.options = options
         self.limiter = trio.CapacityLimiter(options.concurrency)
+        self.stats = BackendStats()
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:

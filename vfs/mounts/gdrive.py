@@ -370,6 +370,7 @@ class DriveBackend(Backend):
             # Exponential backoff with full jitter (AWS Architecture Blog, "Exponential Backoff And Jitter").
             delay = random.uniform(0, min(self.o.retry_max_delay, self.o.retry_base_delay * 2**attempt))
             attempt += 1
+            self.stats.retries += 1
             log.debug("%s: %s, retry %d in %.2fs", what, err, attempt, delay)
             await trio.sleep(delay)
 

@@ -101,9 +101,13 @@ class S3Backend(Backend):
 
     async def _call(self, op: Callable[..., dict], what: str, **kwargs: Any) -> dict:
         try:
-            return await self.run_sync(op, Bucket=self.o.bucket, **kwargs)
+            resp = await self.run_sync(op, Bucket=self.o.bucket, **kwargs)
         except Exception as exc:  # translated once, here
+            if isinstance(exc, botocore.exceptions.ClientError):
+                self.stats.retries += exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
             raise translate(exc, f"{self.describe()}/{what}" if what else self.describe()) from exc
+        self.stats.retries += resp.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+        return resp
 
     def _meta(self, path: str, obj: dict) -> ObjectMeta:
         return ObjectMeta(
