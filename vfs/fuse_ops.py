@@ -24,13 +24,13 @@ log = logging.getLogger(__name__)
 
 # Errors a reader expects in normal use: logged at debug, not as warnings.
 _QUIET = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSYS, errno.ENODATA}
-# Seconds between two warnings for the same (errno, operation): a dead silo must not flood the log.
+# Seconds between two warnings for the same (errno, operation, silo): a dead silo must not flood the log.
 _WARN_EVERY = 30.0
 
 
 class _Errors:
     def __init__(self) -> None:
-        self._last: dict[tuple[int, str], float] = {}
+        self._last: dict[tuple[int, str, str], float] = {}
 
     @contextlib.contextmanager
     def __call__(self, op: str) -> Iterator[None]:
@@ -43,9 +43,9 @@ class _Errors:
             if err in _QUIET:
                 log.debug("%s: %s", op, exc)
             else:
-                now = time.monotonic()
-                if now - self._last.get((err, op), -_WARN_EVERY) >= _WARN_EVERY:
-                    self._last[(err, op)] = now
+                now, key = time.monotonic(), (err, op, getattr(exc, "silo", ""))
+                if now - self._last.get(key, -_WARN_EVERY) >= _WARN_EVERY:
+                    self._last[key] = now
                     log.warning("%s failed: %s", op, exc, exc_info=not isinstance(exc, OSError))
             raise pyfuse3.FUSEError(err) from None
 

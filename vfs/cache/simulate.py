@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 
 from vfs.cache.policy import EvictionPolicy, make_policy
 from vfs.cache.traces import Request
+from vfs.table import render
 from vfs.units import format_size
 
 log = logging.getLogger(__name__)
@@ -93,19 +94,6 @@ def simulate_all(requests: Sequence[Request], policies: Iterable[str], capacity:
 def render_table(results: Sequence[SimResult], title: str = "") -> str:
     """A plain-text table, one row per policy."""
     header = ("policy", "capacity", "requests", "hits", "hit ratio", "byte hit ratio", "evictions", "refused")
-    rows = [header] + [
-        (r.policy, format_size(r.capacity), str(r.requests), str(r.hits), f"{r.hit_ratio:.4f}",
-         f"{r.byte_hit_ratio:.4f}", str(r.evictions), str(r.refused))
-        for r in results
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-
-    def line(row: Sequence[str]) -> str:
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
-        return "  ".join(cells).rstrip()
-
-    out = [title] if title else []
-    out.append(line(header))
-    out.append("  ".join("-" * w for w in widths))
-    out.extend(line(row) for row in rows[1:])
-    return "\n".join(out) + "\n"
+    rows = [(r.policy, format_size(r.capacity), r.requests, r.hits, f"{r.hit_ratio:.4f}", f"{r.byte_hit_ratio:.4f}",
+             r.evictions, r.refused) for r in results]
+    return render(header, rows, title)

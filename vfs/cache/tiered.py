@@ -40,7 +40,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import inspect
 import logging
 import threading
 from typing import Iterator
@@ -63,19 +62,9 @@ SSD_QUEUE_BYTES = 64 * 2**20  # bytes of evicted blocks waiting for the SSD writ
 
 
 def make_policy(policy: str | type[EvictionPolicy], capacity: int) -> EvictionPolicy:
-    """A new policy instance for a tier of `capacity` bytes; `policy` is a name, `module:Class` or class.
-
-    Policies that take a `capacity` keyword (ARC, 2Q, S3-FIFO size their queues by it) get the
-    tier's byte budget; the others are built with no arguments.
-    """
+    """A new policy instance for a tier of `capacity` bytes; `policy` is a name, `module:Class` or class."""
     cls = policy_class(policy) if isinstance(policy, str) else policy
-    try:
-        params = inspect.signature(cls).parameters.values()
-    except (TypeError, ValueError):
-        params = ()  # type: ignore[assignment]
-    if any(p.name == "capacity" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return cls(capacity=capacity)  # type: ignore[call-arg]
-    return cls()
+    return cls(capacity=capacity)
 
 
 @dataclasses.dataclass

@@ -108,6 +108,7 @@ def _counted(fn: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as exc:
             if exc.errno not in _ANSWERS:
                 self.stats.errors += 1
+            exc.silo = self.describe()  # type: ignore[attr-defined]  # logs are rate-limited per silo
             raise
         except Exception:
             self.stats.errors += 1
