@@ -132,6 +132,18 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_auth_gdrive(args: argparse.Namespace) -> int:
+    from vfs.mounts.gdrive_auth import authorize
+
+    try:
+        authorize(args.client_secrets, args.token_file, open_browser=not args.no_browser)
+    except (OSError, ValueError) as exc:
+        print(f"vfs: Google Drive authorization failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"token stored in {args.token_file}; mount with backend = \"gdrive\" (token_file = \"{args.token_file}\")")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vfs", description="One FUSE mount over S3, GCS, NFS and Google Drive.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -152,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("mountpoint")
     u.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
     u.set_defaults(func=cmd_unmount)
+
+    a = sub.add_parser("auth", help="authorize vfs to read a silo")
+    asub = a.add_subparsers(dest="auth_command", required=True)
+    g = asub.add_parser("gdrive", help="OAuth for Google Drive: opens a browser, stores a token")
+    g.add_argument("--client-secrets", required=True, help="OAuth client JSON (a Desktop app client from the Google Cloud console)")
+    from vfs.mounts.gdrive_auth import DEFAULT_TOKEN_FILE
+    g.add_argument("--token-file", default=str(DEFAULT_TOKEN_FILE), help="where to store the token (default %(default)s)")
+    g.add_argument("--no-browser", action="store_true", help="print the URL instead of opening a browser")
+    g.set_defaults(func=cmd_auth_gdrive)
 
     c = sub.add_parser("cache", help="inspect, clear and simulate the block cache")
     csub = c.add_subparsers(dest="cache_command", required=True)

@@ -31,7 +31,7 @@ def format_stats(stats: dict[str, Any]) -> str:
     tiers = [
         (name, t.get("policy", ""), f"{format_size(t.get('used', 0))} / {format_size(t.get('capacity', 0))}",
          t.get("blocks", ""), t.get("hits", 0), t.get("misses", 0), _ratio(t.get("hits", 0), t.get("misses", 0)),
-         t.get("evictions", 0), format_size(t.get("hit_bytes", 0)))
+         t.get("evictions", 0))
         for name, t in stats["tiers"].items() if isinstance(t, dict) and "hits" in t
     ]
     backends = [
@@ -42,7 +42,7 @@ def format_stats(stats: dict[str, Any]) -> str:
     head = (f"vfs pid {stats['pid']}, up {stats['uptime_s']:.0f} s, {stats['inodes']} inodes, "
             f"{r['open_handles']} open files, block size {format_size(r['block_size'])}, {r['prefetches']} prefetches\n\n")
     return (head
-            + render(("tier", "policy", "fill", "blocks", "hits", "misses", "hit ratio", "evictions", "bytes hit"), tiers, "cache")
+            + render(("tier", "policy", "fill", "blocks", "hits", "misses", "hit ratio", "evictions"), tiers, "cache (hits and misses count block lookups)")
             + "\n"
             + render(("mount", "silo", "requests", "errors", "retries", "bytes read"), backends, "backends"))
 
