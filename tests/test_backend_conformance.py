@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Iterator
 import pytest
 import trio
 
-from tests.silos import EMPTY_DIRS, FILES, SHADOWED, SILOS, Silo, open_silo
+from tests.silos import EMPTY_DIRS, FILES, SILOS, Silo, open_silo
 from vfs.mounts.base import ObjectMeta
 
 

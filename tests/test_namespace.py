@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.test_metadata import FakeClock, SlowMemory
 from vfs.cache.tiered import build_cache
@@ -595,5 +597,50 @@ def test_mount_point_whose_silo_root_is_missing_lists_empty() -> None:
 
     async def main() -> None:
         assert await names(ns, "/gone") == []
+
+    trio.run(main)
+
+
+def test_timeouts_follow_the_mount_ttl() -> None:
+    mem = SlowMemory()
+    mem.put("f", b"x")
+    ns, _ = make_ns({"/data/s3": mem}, ttl=3.0, negative_ttl=0.5)
+
+    async def main() -> None:
+        data = await ns.lookup(ROOT_INODE, "data")
+        assert data.timeout == ns.default_ttl  # synthetic: fixed for the life of the mount
+        s3 = await ns.lookup(data.ino, "s3")
+        assert s3.timeout == 3.0
+        assert (await ns.lookup(s3.ino, "f")).timeout == 3.0
+        assert ns.negative_timeout(s3.ino) == 0.5
+        assert ns.negative_timeout(ROOT_INODE) == ns.default_ttl
+        assert ns.negative_timeout(424242) == 0.0  # an inode the kernel forgot: trust nothing
+
+    trio.run(main)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), min_size=1, max_size=15))
+def test_random_partial_readdirs_keep_exact_lookup_counts(calls: list[tuple[int, int]]) -> None:
+    ns, backend, _ = one_mount()
+    for name in "abcdefghij":
+        backend.put(f"dir/{name}", b"x")
+
+    async def main() -> None:
+        d = await walk(ns, "/m/dir")
+        base = len(ns.inodes)
+        fh = await ns.opendir(d.ino)
+        full = listing(ns, fh, 0, limit=None)
+        taken: dict[int, int] = {e.ino: 1 for n, e, _ in full if n not in (".", "..")}
+        for start, limit in calls:
+            for name, e, _ in listing(ns, fh, start, limit):
+                if name not in (".", ".."):
+                    taken[e.ino] += 1
+        assert ns.inodes.get(d.ino).lookups == 1
+        assert len(ns.inodes) == base + len(taken)
+        for ino, n in taken.items():
+            assert ns.inodes.get(ino).lookups == n
+            ns.forget(ino, n)
+        assert len(ns.inodes) == base
 
     trio.run(main)

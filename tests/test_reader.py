@@ -249,9 +249,8 @@ def test_a_failing_prefetch_does_not_break_the_read() -> None:
     trio.run(main)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a read that joins an in-flight prefetch inherits the prefetch's error "
-                                       "(vfs/reader.py _block/_prefetch_one: 'the read itself will retry' does not hold)")
 def test_a_read_waiting_on_a_failing_prefetch_retries() -> None:
+    """A read that joined a prefetch's flight loads the block itself when the prefetch fails."""
     backend = SlowMemory()
     data = payload(4 * BS)
     backend.put("obj", data)

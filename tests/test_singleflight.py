@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 
+import pytest
 import trio
 import trio.testing
 
@@ -216,3 +217,31 @@ def test_cancelled_waiter_does_not_disturb_the_leader() -> None:
         assert result == ["v"]
 
     trio.run(main)
+
+
+def test_waiters_get_the_leaders_exception_class_and_attributes() -> None:
+    caught: list[OSError] = []
+
+    async def main() -> None:
+        flights: SingleFlight[str, bytes] = SingleFlight()
+
+        async def work() -> bytes:
+            await trio.sleep(0)
+            exc = SiloError(errno.EAGAIN, "throttled", retryable=True)
+            exc.silo = "s3://bucket"  # type: ignore[attr-defined]  # as Backend's counting wrapper sets it
+            raise exc
+
+        async def caller() -> None:
+            try:
+                await flights.do("k", work)
+            except OSError as exc:
+                caught.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(caller)
+
+    trio.run(main)
+    assert len(caught) == 3
+    for exc in caught:
+        assert isinstance(exc, SiloError) and exc.retryable and exc.silo == "s3://bucket"  # type: ignore[attr-defined]

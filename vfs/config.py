@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import posixpath
 import tomllib
 import types
@@ -157,8 +158,7 @@ def _build(cls: type, table: dict[str, Any], where: str, ignore: set[str] = froz
 def _mount_path(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ConfigError(f"{where}.path: must be an absolute path in the tree such as '/s3', got {value!r}")
-    path = posixpath.normpath(value)
-    path = "/" if path == "//" else path
+    path = "/" + posixpath.normpath(value).lstrip("/")
     if any(part in (".", "..") for part in value.split("/")):
         raise ConfigError(f"{where}.path: '.' and '..' are not allowed, got {value!r}")
     if path == "/.vfs" or path.startswith("/.vfs/"):
@@ -242,7 +242,8 @@ def source_entry(arg: str) -> dict[str, Any]:
         default = "/" + (options.get("bucket") or source.split("://", 1)[1].strip("/").split("/")[0] or backend)
     else:
         backend, options = "local", {"root": source}
-        default = "/" + (posixpath.basename(posixpath.normpath(source)) or "root")
+    if backend == "local":
+        default = "/" + (os.path.basename(os.path.abspath(os.path.expanduser(options["root"]))) or "root")
     return {"path": path or default, "backend": backend, **options}
 
 

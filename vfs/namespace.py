@@ -178,7 +178,9 @@ class Namespace:
         snapshot taken at opendir is offset i + 2, so offsets stay stable while the handle lives.
         Other entries are referenced for the kernel only when `reply` took them (readdirplus).
         """
-        handle = self._dirs[fh]
+        handle = self._dirs.get(fh)
+        if handle is None:
+            raise _error(errno.EBADF, f"directory handle {fh}")
         for offset in range(start, len(handle.entries) + 2):
             if offset < 2:
                 node = self.inodes.assign(handle.path if offset == 0 else parent_of(handle.path), True)
@@ -224,6 +226,8 @@ class Namespace:
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         if fh >= _VIRTUAL_FH:
             return self._virtual[fh][offset:offset + size]
+        if fh not in self.reader.handles:
+            raise _error(errno.EBADF, f"file handle {fh}")
         try:
             return await self.reader.read(fh, offset, size)
         except OSError as exc:

@@ -78,7 +78,10 @@ class Reader:
         h.next_offset = end
         parts = []
         for index in range(first, last + 1):
+            if self.trace is not None:
+                self._record(h, index)
             block = await self._block(h, index)
+            assert block is not None
             lo = max(offset - index * bs, 0)
             hi = min(end - index * bs, len(block))
             if lo == 0 and hi == len(block) and first == last:
@@ -89,25 +92,36 @@ class Reader:
     def _key(self, h: ReadHandle, index: int) -> BlockKey:
         return BlockKey(h.mount, h.path, h.version, index)
 
-    async def _block(self, h: ReadHandle, index: int) -> bytes:
-        key = self._key(h, index)
-        if self.trace is not None:
-            size = min(self.block_size, h.size - index * self.block_size)
-            self.trace.write(f"{hashlib.blake2b(str(key).encode(), digest_size=8).hexdigest()} {size}\n")
+    def _record(self, h: ReadHandle, index: int) -> None:
+        size = min(self.block_size, h.size - index * self.block_size)
+        key = hashlib.blake2b(str(self._key(h, index)).encode(), digest_size=8).hexdigest()
+        self.trace.write(f"{key} {size}\n")  # type: ignore[union-attr]
 
-        async def load() -> bytes:
+    async def _block(self, h: ReadHandle, index: int, prefetch: bool = False) -> bytes | None:
+        """Block `index` of the handle's version; None only for a prefetch that failed."""
+        key = self._key(h, index)
+
+        async def load() -> bytes | None:
             # Inside the flight: a block that a concurrent reader or prefetch is loading is waited
             # for, never fetched a second time (a lookup outside would race with that load).
-            with self.cache.pinned(key):
-                data = await self.cache.get(key)
-            if data is not None:
+            try:
+                with self.cache.pinned(key):
+                    data = await self.cache.get(key)
+                if data is None:
+                    start = index * self.block_size
+                    data = await h.backend.read_range(h.path, start, min(start + self.block_size, h.size), h.version)
+                    await self.cache.put(key, data)
                 return data
-            start = index * self.block_size
-            data = await h.backend.read_range(h.path, start, min(start + self.block_size, h.size), h.version)
-            await self.cache.put(key, data)
-            return data
+            except Exception as exc:
+                if not prefetch:
+                    raise
+                log.debug("prefetch of %s block %d failed: %s", h.path, index, exc)
+                return None  # readers waiting on this prefetch load the block themselves
 
-        return await self._flights.do(key, load)
+        while True:
+            data = await self._flights.do(key, load)
+            if data is not None or prefetch:
+                return data
 
     def _prefetch(self, h: ReadHandle, index: int) -> None:
         if self._nursery is None:
@@ -116,16 +130,9 @@ class Reader:
         upto = min(index + self.prefetch_blocks - 1, last_block)
         for i in range(max(index, h.prefetched_to + 1), upto + 1):
             h.prefetched_to = i
-            key = self._key(h, i)
-            if key not in self._flights:
+            if self._key(h, i) not in self._flights:
                 self.prefetches += 1
-                self._nursery.start_soon(self._prefetch_one, h, i)
-
-    async def _prefetch_one(self, h: ReadHandle, index: int) -> None:
-        try:
-            await self._block(h, index)
-        except Exception as exc:  # a prefetch failing is not an error: the read itself will retry
-            log.debug("prefetch of %s block %d failed: %s", h.path, index, exc)
+                self._nursery.start_soon(self._block, h, i, True)
 
     def stats(self) -> dict[str, object]:
         return {

@@ -28,7 +28,11 @@ class _Flight(Generic[V]):
 def _again(exc: BaseException) -> BaseException:
     """A fresh exception for a waiter (one exception object must not be raised in several tasks)."""
     if isinstance(exc, OSError) and exc.errno:
-        return OSError(exc.errno, exc.strerror, *((exc.filename,) if exc.filename else ()))
+        args = (exc.errno, exc.strerror, *((exc.filename,) if exc.filename else ()))
+        fresh = OSError.__new__(type(exc), *args)  # same class (SiloError...), same attributes
+        OSError.__init__(fresh, *args)
+        fresh.__dict__.update(exc.__dict__)
+        return fresh
     return exc
 
 

@@ -34,6 +34,8 @@ def parse_size(text: str | int) -> int:
         if text < 0:
             raise ValueError(f"a size cannot be negative: {text}")
         return text
+    if not isinstance(text, str):
+        raise ValueError(f"not a size: {text!r} (write e.g. 4096 or \"64MiB\")")
     match = _SIZE.match(text)
     if match is None:
         raise ValueError(f"not a size: {text!r} (write e.g. 4096, 64MiB, 1.5GiB, 500MB)")
@@ -48,8 +50,8 @@ def parse_size(text: str | int) -> int:
 
 
 def format_size(size: int) -> str:
-    """`size` bytes in the largest IEC unit it reaches (`64MiB`, `1.5GiB`, `100B`); parse_size reads it back
-    (exactly when the value is a whole number in that unit, else to two decimals)."""
+    """`size` bytes in the largest IEC unit it reaches (`64MiB`, `1.5GiB`, `100B`), for display: rounded
+    to two decimals, so parse_size reads it back only when that is exact."""
     if size < 0:
         return "-" + format_size(-size)
     for power in range(len(_IEC), 0, -1):

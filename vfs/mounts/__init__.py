@@ -21,7 +21,7 @@ BACKENDS: dict[str, str] = {
 }
 
 # URL schemes of one-liner sources that differ from the backend name.
-URL_SCHEMES: dict[str, str] = {"s3": "s3", "gs": "gcs", "gcs": "gcs", "nfs": "nfs", "gdrive": "gdrive", "memory": "memory"}
+URL_SCHEMES: dict[str, str] = {"file": "local", "s3": "s3", "gs": "gcs", "gcs": "gcs", "nfs": "nfs", "gdrive": "gdrive", "memory": "memory"}
 
 
 def backend_class(name: str) -> type[Backend]:

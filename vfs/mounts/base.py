@@ -99,38 +99,32 @@ class BackendStats:
 _ANSWERS = frozenset({errno.ENOENT, errno.ENOTDIR})
 
 
-def _counted(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _counted(backend: "Backend", fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` (a bound method of `backend`) counted in `backend.stats`."""
+    stats = backend.stats
+
     @functools.wraps(fn)
-    async def counted(self: "Backend", *args: Any, **kwargs: Any) -> Any:
-        self.stats.requests += 1
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        stats.requests += 1
         try:
-            out = await fn(self, *args, **kwargs)
+            out = await fn(*args, **kwargs)
         except OSError as exc:
             if exc.errno not in _ANSWERS:
-                self.stats.errors += 1
-            exc.silo = self.describe()  # type: ignore[attr-defined]  # logs are rate-limited per silo
+                stats.errors += 1
+            exc.silo = backend.describe()  # type: ignore[attr-defined]  # logs are rate-limited per silo
             raise
         except Exception:
-            self.stats.errors += 1
+            stats.errors += 1
             raise
         if isinstance(out, bytes):
-            self.stats.bytes += len(out)
+            stats.bytes += len(out)
         return out
 
-    counted.__counted__ = True  # type: ignore[attr-defined]
     return counted
 
 
 class Backend(abc.ABC):
     """One silo, seen as a read-only tree of directories and files."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Every implementation of the three calls is counted in `stats`, with no code of its own."""
-        super().__init_subclass__(**kwargs)
-        for name in ("stat", "list_dir", "read_range"):
-            fn = cls.__dict__.get(name)
-            if fn is not None and not getattr(fn, "__abstractmethod__", False) and not getattr(fn, "__counted__", False):
-                setattr(cls, name, _counted(fn))
 
     scheme: ClassVar[str]
     """Name in config (`backend = "s3"`) and URL scheme in one-liners (`s3://bucket/prefix`)."""
@@ -141,6 +135,8 @@ class Backend(abc.ABC):
         self.options = options
         self.limiter = trio.CapacityLimiter(options.concurrency)
         self.stats = BackendStats()
+        for name in ("stat", "list_dir", "read_range"):  # every call counted, once, whatever the subclass
+            setattr(self, name, _counted(self, getattr(self, name)))
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:

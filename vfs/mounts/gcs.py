@@ -48,7 +48,6 @@ import google.api_core.exceptions
 import google.auth.exceptions
 import requests
 import requests.adapters
-import trio
 from google.api_core.page_iterator import Page
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
@@ -57,7 +56,8 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 
 from vfs.errors import SiloError, silo_error
-from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, join, not_a_directory, not_found, stale, valid_name
+from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, join, stale
+from vfs.mounts.flat import Level, stat_prefix_or_object
 
 log = logging.getLogger(__name__)
 
@@ -254,52 +254,18 @@ class GCSBackend(Backend):
         return None if blob is None else self._meta(path, blob)
 
     async def stat(self, path: str) -> ObjectMeta:
-        if path == "":
-            return ObjectMeta("", True)
-        # The prefix listing and the object lookup go out together: one round trip, and a prefix wins.
-        found: dict[str, Any] = {}
-
-        async def ask(name: str, fn: Callable[[str], Any]) -> None:
-            try:
-                found[name] = await fn(path)
-            except OSError as exc:
-                found[name + "_error"] = exc
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(ask, "dir", self._is_prefix)
-            nursery.start_soon(ask, "file", self._head)
-        if found.get("dir"):
-            return ObjectMeta(path, True)
-        if found.get("file") is not None:
-            return found["file"]
-        if "dir_error" in found or "file_error" in found:
-            raise found.get("dir_error") or found["file_error"]
-        raise not_found(f"{self.describe()}/{path}")
+        return await stat_prefix_or_object(path, f"{self.describe()}/{path}", self._is_prefix, self._head)
 
     async def list_dir(self, path: str) -> list[ObjectMeta]:
-        prefix = self._key(path) + "/" if self._key(path) else ""
-        files: dict[str, ObjectMeta] = {}
-        dirs: set[str] = set()
-        marker = False
-        pages = await self._call(self._pages, path, prefix, self.o.page_size)
+        level = Level(path, self._key(path) + "/" if self._key(path) else "")
+        pages = await self._call(self._pages, path, level.prefix, self.o.page_size)
         # One page per worker-thread call: the limiter stays fair and a cancel lands between pages.
         while (page := await self._next_page(pages, path)) is not None:
             for p in page.prefixes:
-                name = p[len(prefix):-1]
-                if valid_name(name):
-                    dirs.add(name)
+                level.add_prefix(p)
             for blob in page:
-                name = blob.name[len(prefix):]
-                if name == "":
-                    marker = True
-                elif valid_name(name):
-                    files[name] = self._meta(join(path, name), blob)
-        if path and not (files or dirs or marker):
-            if await self._head(path) is not None:
-                raise not_a_directory(f"{self.describe()}/{path}")
-            raise not_found(f"{self.describe()}/{path}")
-        out = [ObjectMeta(join(path, d), True) for d in sorted(dirs)]
-        return out + [m for n, m in sorted(files.items()) if n not in dirs]
+                level.add_object(blob.name, lambda p, blob=blob: self._meta(p, blob))
+        return await level.finish(f"{self.describe()}/{path}", self._head)
 
     async def read_range(self, path: str, start: int, end: int, version: str) -> bytes:
         if end <= start:

@@ -10,7 +10,8 @@ import itertools
 import time
 from typing import Any
 
-from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, join, not_a_directory, not_found, stale, valid_name
+from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, not_found, stale
+from vfs.mounts.flat import Level, stat_prefix_or_object
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,37 +46,30 @@ class MemoryBackend(Backend):
         prefix = path + "/" if path else ""
         return any(k.startswith(prefix) for k in self.objects)
 
+    async def _is_prefix(self, path: str) -> bool:
+        return self._has_prefix(path)
+
+    async def _head(self, path: str) -> ObjectMeta | None:
+        if path not in self.objects:
+            return None
+        data, version, mtime = self.objects[path]
+        return ObjectMeta(path, False, len(data), mtime, version)
+
     async def stat(self, path: str) -> ObjectMeta:
         self.requests += 1
-        if path == "" or self._has_prefix(path):
-            return ObjectMeta(path, True)
-        if path in self.objects:
-            data, version, mtime = self.objects[path]
-            return ObjectMeta(path, False, len(data), mtime, version)
-        raise not_found(path)
+        return await stat_prefix_or_object(path, f"{self.describe()}/{path}", self._is_prefix, self._head)
 
     async def list_dir(self, path: str) -> list[ObjectMeta]:
         self.requests += 1
-        prefix = path + "/" if path else ""
-        files: dict[str, ObjectMeta] = {}
-        dirs: set[str] = set()
+        level = Level(path, path + "/" if path else "")
         for key, (data, version, mtime) in self.objects.items():
-            if not key.startswith(prefix) or key == prefix:
-                continue
-            name, sep, _ = key[len(prefix):].partition("/")
-            if not valid_name(name):
-                continue
-            if sep:
-                dirs.add(name)
-            else:
-                files[name] = ObjectMeta(join(path, name), False, len(data), mtime, version)
-        if not files and not dirs and path and prefix not in self.objects:
-            if path in self.objects:
-                raise not_a_directory(path)
-            raise not_found(path)
-        out = [ObjectMeta(join(path, d), True) for d in sorted(dirs)]
-        out += [m for n, m in sorted(files.items()) if n not in dirs]
-        return out
+            if key.startswith(level.prefix):
+                name, sep, _ = key[len(level.prefix):].partition("/")
+                if sep:
+                    level.add_prefix(level.prefix + name + "/")
+                else:
+                    level.add_object(key, lambda p, d=data, v=version, m=mtime: ObjectMeta(p, False, len(d), m, v))
+        return await level.finish(f"{self.describe()}/{path}", self._head)
 
     async def read_range(self, path: str, start: int, end: int, version: str) -> bytes:
         self.requests += 1

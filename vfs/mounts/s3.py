@@ -19,11 +19,11 @@ from typing import Any, Callable
 import boto3
 import botocore.config
 import botocore.exceptions
-import trio
 from botocore import UNSIGNED
 
 from vfs.errors import SiloError, silo_error
-from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, join, not_a_directory, not_found, valid_name
+from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, join
+from vfs.mounts.flat import Level, stat_prefix_or_object
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,55 +131,21 @@ class S3Backend(Backend):
             raise
 
     async def stat(self, path: str) -> ObjectMeta:
-        if path == "":
-            return ObjectMeta("", True)
-        # The prefix listing and the HEAD go out together: one round trip, and a prefix always wins.
-        found: dict[str, Any] = {}
-
-        async def ask(name: str, fn: Callable[[str], Any]) -> None:
-            try:
-                found[name] = await fn(path)
-            except OSError as exc:
-                found[name + "_error"] = exc
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(ask, "dir", self._is_prefix)
-            nursery.start_soon(ask, "file", self._head)
-        if found.get("dir"):
-            return ObjectMeta(path, True)
-        if found.get("file") is not None:
-            return found["file"]
-        if "dir_error" in found or "file_error" in found:
-            raise found.get("dir_error") or found["file_error"]
-        raise not_found(f"{self.describe()}/{path}")
+        return await stat_prefix_or_object(path, f"{self.describe()}/{path}", self._is_prefix, self._head)
 
     async def list_dir(self, path: str) -> list[ObjectMeta]:
-        prefix = self._key(path) + "/" if self._key(path) else ""
-        files: dict[str, ObjectMeta] = {}
-        dirs: set[str] = set()
-        marker = False
-        kwargs: dict[str, Any] = {"Prefix": prefix, "Delimiter": "/", "MaxKeys": self.o.page_size}
+        level = Level(path, self._key(path) + "/" if self._key(path) else "")
+        kwargs: dict[str, Any] = {"Prefix": level.prefix, "Delimiter": "/", "MaxKeys": self.o.page_size}
         while True:
             page = await self._call(self.client.list_objects_v2, path, **kwargs)
             for cp in page.get("CommonPrefixes", []):
-                name = cp["Prefix"][len(prefix):-1]
-                if valid_name(name):
-                    dirs.add(name)
+                level.add_prefix(cp["Prefix"])
             for obj in page.get("Contents", []):
-                name = obj["Key"][len(prefix):]
-                if name == "":
-                    marker = True
-                elif valid_name(name):
-                    files[name] = self._meta(join(path, name), obj)
+                level.add_object(obj["Key"], lambda p, obj=obj: self._meta(p, obj))
             if not page.get("IsTruncated"):
                 break
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
-        if path and not (files or dirs or marker):
-            if await self._head(path) is not None:
-                raise not_a_directory(f"{self.describe()}/{path}")
-            raise not_found(f"{self.describe()}/{path}")
-        out = [ObjectMeta(join(path, d), True) for d in sorted(dirs)]
-        return out + [m for n, m in sorted(files.items()) if n not in dirs]
+        return await level.finish(f"{self.describe()}/{path}", self._head)
 
     async def read_range(self, path: str, start: int, end: int, version: str) -> bytes:
         if end <= start:

@@ -1,0 +1,113 @@
+"""Shared helpers of the benchmark scripts in bench/: dropping the page cache, timing reads,
+summarising samples, reading a mount's /.vfs/stats, and writing bench/out/<name>.json.
+
+Benchmarks report ratios against a baseline measured in the same run and never assert times.
+Run them from the repository root (`python bench/<name>.py`) so `tests` and `vfs` import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python bench/x.py` puts bench/ on sys.path, not the repository
+    sys.path.insert(0, str(ROOT))
+
+from vfs.observe import read_stats  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+OUT = ROOT / "bench" / "out"
+MiB = 1024 * 1024
+# Reads through a mount and from local files go in 1 MiB pieces: the largest request FUSE sends
+# (DESIGN.md, "Requests never exceed 1 MiB"), and what `dd bs=1M` or a DataLoader's read() does.
+READ_CHUNK = MiB
+
+
+def drop_page_cache() -> bool:
+    """Flush dirty pages and drop the kernel's page cache, dentries and inodes; False where not permitted."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError as exc:
+        log.warning("cannot drop the page cache (%s): later reads may be served from it", exc)
+        return False
+
+
+def read_whole(path: str | Path, chunk: int = READ_CHUNK) -> int:
+    """open + read a file to its end in `chunk`-sized reads; the number of bytes read."""
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(view):
+            total += n
+    return total
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """(seconds, result) of one call."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of samples, linear between neighbours."""
+    s = sorted(samples)
+    if not s:
+        return float("nan")
+    pos = (len(s) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """Median and p90 in milliseconds."""
+    return {"median_ms": percentile(seconds, 0.5) * 1000, "p90_ms": percentile(seconds, 0.9) * 1000}
+
+
+def mb_per_s(nbytes: int, seconds: float) -> float:
+    """Throughput in MB/s (10^6 bytes per second)."""
+    return nbytes / seconds / 1e6 if seconds > 0 else float("inf")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def median_of(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(value: float | int | None, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def mount_stats(mountpoint: str | Path) -> dict[str, Any]:
+    """The mount's /.vfs/stats JSON."""
+    return read_stats(str(mountpoint))
+
+
+def write_json(name: str, data: Any) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return path
