@@ -644,3 +644,19 @@ def test_random_partial_readdirs_keep_exact_lookup_counts(calls: list[tuple[int,
         assert len(ns.inodes) == base
 
     trio.run(main)
+
+
+def test_kernel_timeouts_never_outlive_what_vfs_trusts() -> None:
+    """An entry served from the metadata cache carries the rest of its TTL, not a fresh one."""
+    ns, backend, clock = one_mount()
+    backend.put("a.txt", b"x")
+
+    async def main() -> None:
+        assert (await walk(ns, "/m/a.txt")).timeout == TTL
+        clock.advance(TTL * 0.75)
+        entry = await walk(ns, "/m/a.txt")
+        assert entry.timeout == pytest.approx(TTL * 0.25)
+        clock.advance(TTL * 0.5)  # expired: asked again, a whole TTL again
+        assert (await walk(ns, "/m/a.txt")).timeout == TTL
+
+    trio.run(main)

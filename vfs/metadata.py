@@ -50,6 +50,15 @@ class MetadataCache:
         self._listings.pop((mount.path, path), None)
         self._listings.pop((mount.path, path.rpartition("/")[0]), None)
 
+    def expires_in(self, mount: Mount, path: str) -> float:
+        """Seconds until what is known of `path` expires (what the kernel may keep it for)."""
+        now = self.clock()
+        entry = self._entries.get((mount.path, path))
+        if entry is not None and entry.expires > now:
+            return entry.expires - now
+        listing = self._fresh_listing(mount, path.rpartition("/")[0]) if path else None
+        return listing.expires - now if listing is not None else mount.ttl
+
     def _fresh_listing(self, mount: Mount, path: str) -> _Listing | None:
         listing = self._listings.get((mount.path, path))
         if listing is not None and listing.expires > self.clock():

@@ -102,7 +102,9 @@ class Namespace:
         if routed is None:
             raise _error(errno.ENOENT, path)
         mount, inner = routed
-        return await self.meta.stat(mount, inner), mount.ttl
+        meta = await self.meta.stat(mount, inner)
+        # The kernel keeps the entry only as long as vfs itself still trusts it, never a whole TTL more.
+        return meta, min(mount.ttl, self.meta.expires_in(mount, inner))
 
     def _entry(self, node: Inode, meta: ObjectMeta, timeout: float) -> Entry:
         mtime = meta.mtime_ns if meta.mtime_ns is not None else self.table.started_ns
