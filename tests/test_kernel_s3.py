@@ -249,7 +249,12 @@ def test_kill_9_leaves_no_stale_mount(servers: tuple[MotoS3, MotoS3], tmp_path: 
         assert read_file(m.path / "s3/readme.txt") == DATA["readme.txt"]
         m.proc.kill()
         m.proc.wait(30)
-        wait_until(lambda: mounted_at(str(m.path)) is None, 30, "auto_unmount")
+        try:
+            wait_until(lambda: mounted_at(str(m.path)) is None, 60, "auto_unmount")
+        except TimeoutError:
+            ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,cmd"], capture_output=True, text=True).stdout
+            raise AssertionError("still mounted after kill -9; fusermount3 processes:\n"
+                                 + "\n".join(line for line in ps.splitlines() if "fusermount" in line)) from None
     finally:
         stop_mount(m)
 

@@ -245,3 +245,35 @@ def test_clear_and_stats(tmp_path) -> None:  # type: ignore[no-untyped-def]
     finally:
         cache.close()
     assert not [f for _r, _d, fs in os.walk(tmp_path / "ssd") for f in fs if f.endswith(".val")]
+
+
+class SlowSsd(SsdStore):
+    """An SSD store whose writes take a while, so the writer's queue fills up."""
+
+    def put(self, key: BlockKey, data: bytes):  # type: ignore[no-untyped-def,override]
+        import time
+
+        time.sleep(0.002)
+        return super().put(key, data)
+
+
+def test_a_full_writer_queue_slows_readers_and_loses_no_block(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Demotions wait for room in the SSD queue instead of being dropped: every block put stays in a tier."""
+    ram_cap, ssd_cap = 2 * BLOCK, 64 * (BLOCK + 64)
+    ssd = SlowSsd(str(tmp_path / "ssd"), ssd_cap, make_policy("lru", ssd_cap))
+    cache = BlockCache(BLOCK, RamStore(ram_cap, make_policy("lru", ram_cap)), ssd, write_through=False,
+                       queue_bytes=BLOCK)  # room for one block
+
+    async def main() -> None:
+        for i in range(40):
+            await cache.put(key(i), data(i))
+        await cache.flush()
+        assert all(key(i) in cache.ram or key(i) in ssd for i in range(40))
+        assert cache.writer is not None and cache.writer.stats.waits > 0 and cache.writer.stats.dropped == 0
+        for i in range(40):
+            assert await cache.get(key(i)) == data(i)
+
+    try:
+        trio.run(main)
+    finally:
+        cache.close()

@@ -176,9 +176,11 @@ def _mount(entry: Any, where: str) -> MountConfig:
         raise ConfigError(f"{where}.backend: {backend!r} is not one of {', '.join(sorted(BACKENDS))}")
     try:
         cls = backend_class(backend)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
         raise ConfigError(f"{where}.backend: {backend} needs a package that is not installed ({exc.name}): "
                           f"pip install 'vfs[{backend}]'") from None
+    except ImportError as exc:  # a system library (libnfs) is missing; its message says which
+        raise ConfigError(f"{where}.backend: {backend}: {exc}") from None
     common = {k: entry[k] for k in ("ttl", "negative_ttl") if k in entry}
     options = _build(cls.Options, {k: v for k, v in entry.items() if k not in ("path", "backend", *common)},
                      where, ignore={"path", "backend", "ttl", "negative_ttl"})

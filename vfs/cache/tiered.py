@@ -57,8 +57,8 @@ WRITE_THROUGH = False  # chosen by bench/cache_tiering.py: see the module docstr
 SSD_READ_THREADS = 4  # concurrent SSD reads; 2 vCPU here, and the NVMe/virtio queue likes a few in flight
 SSD_QUEUE_BYTES = 64 * 2**20  # bytes of evicted blocks waiting for the SSD writer (memory beyond the RAM
 # budget); bench/cache_tiering.py measured the writer alone at 50-230 MiB/s on this shared disk, so a
-# full queue drains in 0.3-1.3 s; a larger one only buffers a silo faster than the disk (writes are then
-# dropped and counted, never queued without bound)
+# full queue drains in 0.3-1.3 s; a larger one only buffers a silo faster than the disk (readers then
+# wait for room: the queue is never unbounded and no block is lost)
 
 
 def make_policy(policy: str | type[EvictionPolicy], capacity: int) -> EvictionPolicy:
@@ -72,7 +72,9 @@ class WriterStats:
     queued: int = 0
     written: int = 0
     dropped: int = 0
-    """Blocks not queued because the queue was full (a RAM victim not on the SSD is retried on eviction)."""
+    """Blocks not queued because the writer was closed."""
+    waits: int = 0
+    """Times a reader waited for room in a full queue (the disk is slower than the silo)."""
     failed: int = 0
 
 
@@ -91,14 +93,14 @@ class SsdWriter:
         self._closed = False
 
     def submit(self, key: BlockKey, data: bytes) -> bool:
-        """Queue a block (non-blocking); False if it was dropped."""
+        """Queue a block (non-blocking); False if the queue has no room for it now."""
         with self._cond:
             if self._closed:
-                return False
+                self.stats.dropped += 1
+                return True  # nothing to wait for
             if key in self._queue or key in self._inflight:
                 return True
-            if self.queued_bytes + len(data) > self.max_bytes:
-                self.stats.dropped += 1
+            if self.queued_bytes + len(data) > self.max_bytes and self.queued_bytes:
                 return False
             self._queue[key] = data
             self.queued_bytes += len(data)
@@ -108,6 +110,13 @@ class SsdWriter:
                 self._thread.start()
             self._cond.notify()
             return True
+
+    def wait_for_room(self, size: int, timeout: float) -> None:
+        """Block until `size` bytes fit in the queue (or it is empty, or closed), at most `timeout` s."""
+        with self._cond:
+            self.stats.waits += 1
+            self._cond.wait_for(lambda: self._closed or not self._queue or self.queued_bytes + size <= self.max_bytes,
+                                timeout)
 
     def pending(self, key: BlockKey) -> bytes | None:
         with self._cond:
@@ -195,23 +204,31 @@ class BlockCache:
                 return None
             if data is None:
                 return None
-        self._to_ram(key, data)
+        await self._to_ram(key, data)
         return data
 
     async def put(self, key: BlockKey, data: bytes) -> None:
         if type(data) is not bytes:
             data = bytes(data)
-        self._to_ram(key, data)
+        await self._to_ram(key, data)
         if self.writer is not None and (self.write_through or key not in self.ram) and key not in self.ssd:
-            self.writer.submit(key, data)
+            await self._to_ssd(key, data)
 
-    def _to_ram(self, key: BlockKey, data: bytes) -> None:
+    async def _to_ram(self, key: BlockKey, data: bytes) -> None:
         victims = self.ram.put(key, data)
         if self.writer is None:
             return
-        for victim, old in victims:  # not on the SSD yet (demotion, or a dropped write-through)
+        for victim, old in victims:  # not on the SSD yet: demote it
             if victim not in self.ssd:  # type: ignore[operator]
-                self.writer.submit(victim, old)
+                await self._to_ssd(victim, old)
+
+    async def _to_ssd(self, key: BlockKey, data: bytes) -> None:
+        """Queue a block for the SSD writer; when the queue is full, wait for the disk (backpressure):
+        dropping it instead would lose a block from both tiers (measured: half of a 2 GiB pass,
+        bench/cache_passes.py, when the writer thread was starved of CPU)."""
+        assert self.writer is not None
+        while not self.writer.submit(key, data):
+            await trio.to_thread.run_sync(self.writer.wait_for_room, len(data), 1.0)
 
     @contextlib.contextmanager
     def pinned(self, key: BlockKey) -> Iterator[None]:
