@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Iterator
@@ -20,23 +21,25 @@ def write_tree(root: Path, files: dict[str, bytes], empty_dirs: list[str]) -> No
         (root / d).mkdir(parents=True, exist_ok=True)
 
 
+def replace_file(root: Path, path: str, data: bytes) -> None:
+    """Write new bytes for a file so that its version (mtime, size) surely changes."""
+    p = root / path
+    st = p.stat() if p.exists() else None
+    p.write_bytes(data)
+    if st is not None and st.st_size == len(data):  # same size: make sure the mtime moves
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
 @contextlib.contextmanager
 def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowed: dict[str, bytes]) -> Iterator[Silo]:
     root = tmp / "local-silo"
     root.mkdir()
     write_tree(root, files, empty_dirs)
 
-    def replace(path: str, data: bytes) -> None:
-        p = root / path
-        st = p.stat() if p.exists() else None
-        p.write_bytes(data)
-        if st is not None and st.st_size == len(data):  # same size: make sure the mtime moves
-            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-
     yield Silo(
         backend=LocalBackend(LocalOptions(root=str(root))),
         flat_keys=False,
-        replace=replace,
+        replace=functools.partial(replace_file, root),
         pages_tested=False,
         mount_options={"backend": "local", "root": str(root)},
         rooted=lambda sub: LocalBackend(LocalOptions(root=str(root / sub))),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
+import functools
 import time
 from pathlib import Path
 from typing import Iterator
@@ -22,7 +22,7 @@ import trio
 
 from tests.servers import HOST, free_port, server
 from tests.silos import Silo
-from tests.silos.local import write_tree
+from tests.silos.local import replace_file, write_tree
 from vfs.mounts.nfs import NFSBackend, NFSOptions
 
 PSEUDO = "/vfs"  # where the export sits in the server's NFSv4 pseudo tree
@@ -100,13 +100,6 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
     root.mkdir(mode=0o700)  # only root may look inside: the `denied` backend (uid nobody) is refused
     write_tree(root, files, empty_dirs)
 
-    def replace(path: str, data: bytes) -> None:
-        p = root / path
-        st = p.stat() if p.exists() else None
-        p.write_bytes(data)
-        if st is not None and st.st_size == len(data):  # same size: make sure the mtime moves
-            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-
     with ganesha(tmp, root) as url:
         backend = NFSBackend(NFSOptions(url=url))
         _wait_mountable(backend)
@@ -119,7 +112,7 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
             yield Silo(
                 backend=backend,
                 flat_keys=False,
-                replace=replace,
+                replace=functools.partial(replace_file, root),
                 denied=denied,
                 pages_tested=False,
                 mount_options={"backend": "nfs", "url": url},
