@@ -100,7 +100,7 @@ def test_load_reads_a_toml_file(tmp_path: Path) -> None:
     (with_mount(metadata={"ttl": "long"}), "metadata.ttl", "expected a number"),
     (with_mount(metadata={"ttl": True}), "metadata.ttl", "expected a number"),
     (with_mount(fuse={"allow_other": "yes"}), "fuse.allow_other", "expected true or false"),
-    (with_mount(cache={"prefetch_blocks": 2.5}), "cache.prefetch_blocks", "expected a whole number"),
+    (with_mount(cache={"prefetch_window": 2.5}), "cache.prefetch_window", "not a size"),
     (with_mount(cache={"ram_policy": 7}), "cache.ram_policy", "expected a string"),
     ({"mount": [{**MEM, "ttl": "x"}]}, "mount #1 (/m).ttl", "expected a number"),
     ({"mount": [{"path": "/s3", "backend": "s3", "bucket": "b", "anonymous": "no"}]}, "mount #1 (/s3).anonymous",

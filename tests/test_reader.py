@@ -63,8 +63,8 @@ def test_block_boundaries_and_eof() -> None:
                  (3 * BS + 5, 100), (len(data), 10), (len(data) + BS, 10), (0, 0), (5, 0)]
         for offset, length in cases:
             got = await reader.read(fh, offset, length)
-            assert type(got) is bytes
-            assert got == data[offset:offset + length], (offset, length)
+            assert type(got) in (bytes, memoryview)  # a view into the cached block: no copy
+            assert bytes(got) == data[offset:offset + length], (offset, length)
         # every block was fetched once, the last one cut at EOF
         assert sorted(set(backend.reads)) == [("obj", 0, BS), ("obj", BS, 2 * BS), ("obj", 2 * BS, 3 * BS),
                                               ("obj", 3 * BS, 3 * BS + 10)]
@@ -99,7 +99,7 @@ def test_concurrent_reads_of_one_missing_block_cost_one_request() -> None:
         got: list[bytes] = []
 
         async def read(offset: int) -> None:
-            got.append(await reader.read(fh, offset, 100))
+            got.append(bytes(await reader.read(fh, offset, 100)))
 
         async with trio.open_nursery() as nursery:
             for i in range(20):
@@ -152,7 +152,7 @@ def test_ram_budget_holds_while_reading_a_file_larger_than_the_cache(prefetch: b
     data = payload(40 * BS + 7)
     backend.put("big", data)
     c = cache(ram_blocks=3)
-    reader = Reader(c, prefetch_blocks=4)
+    reader = Reader(c, prefetch_window=4 * BS)
     peak = 0
 
     def check() -> None:
@@ -187,7 +187,7 @@ def test_sequential_reads_prefetch_following_blocks() -> None:
     backend = SlowMemory()
     data = payload(10 * BS)
     backend.put("obj", data)
-    reader = Reader(cache(), prefetch_blocks=3)
+    reader = Reader(cache(), prefetch_window=3 * BS)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -196,14 +196,16 @@ def test_sequential_reads_prefetch_following_blocks() -> None:
             assert await reader.read(fh, 0, BS) == data[:BS]
             await trio.testing.wait_all_tasks_blocked()
             fetched = sorted(start // BS for _, start, _ in backend.reads)
-            assert fetched == [0, 1, 2, 3]  # the read's block and 3 ahead
+            assert fetched == [0, 1]  # the read's block and a window of one
             before = len(backend.reads)
-            assert await reader.read(fh, BS, 2 * BS) == data[BS:3 * BS]  # served by the prefetch
+            assert await reader.read(fh, BS, 2 * BS) == data[BS:3 * BS]  # block 1 served by the prefetch
             await trio.testing.wait_all_tasks_blocked()
-            assert all(start >= 4 * BS for _, start, _ in backend.reads[before:])  # only new blocks
+            assert sorted(start // BS for _, start, _ in backend.reads[before:]) == [2, 3, 4]  # window now 2
             for offset in range(3 * BS, 10 * BS, BS):
                 assert await reader.read(fh, offset, BS) == data[offset:offset + BS]
-            await trio.testing.wait_all_tasks_blocked()
+                await trio.testing.wait_all_tasks_blocked()
+                ahead = max(start // BS for _, start, _ in backend.reads)
+                assert ahead <= min(offset // BS + 3, 9)  # never more than the 3-block window ahead
             assert sorted(start // BS for _, start, _ in backend.reads) == list(range(10))  # each once, none past EOF
             nursery.cancel_scope.cancel()
 
@@ -214,7 +216,7 @@ def test_random_reads_do_not_prefetch() -> None:
     backend = SlowMemory()
     data = payload(10 * BS)
     backend.put("obj", data)
-    reader = Reader(cache(), prefetch_blocks=3)
+    reader = Reader(cache(), prefetch_window=3 * BS)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -233,7 +235,7 @@ def test_a_failing_prefetch_does_not_break_the_read() -> None:
     data = payload(4 * BS)
     backend.put("obj", data)
     backend.fail_reads = {BS: errno.EIO}  # the first read of block 1 (the prefetch) fails
-    reader = Reader(cache(), prefetch_blocks=2)
+    reader = Reader(cache(), prefetch_window=2 * BS)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -255,7 +257,7 @@ def test_a_read_waiting_on_a_failing_prefetch_retries() -> None:
     data = payload(4 * BS)
     backend.put("obj", data)
     backend.fail_reads = {BS: errno.EIO}
-    reader = Reader(cache(), prefetch_blocks=1)
+    reader = Reader(cache(), prefetch_window=1 * BS)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -294,5 +296,37 @@ def test_blocks_are_keyed_by_mount_path_and_version() -> None:
         await reader.read(other, 0, 10)
         assert BlockKey("/other", "obj", version, 0) in c.ram
         assert backend.requests == 2
+
+    trio.run(main)
+
+
+def test_prefetch_window_grows_and_prefetch_memory_is_bounded() -> None:
+    """The window doubles per new block up to prefetch_window; in-flight prefetches never exceed
+    prefetch_memory (a prefetch without room is skipped, and taken up again on a later read)."""
+    backend = SlowMemory()
+    data = payload(64 * BS)
+    backend.put("obj", data)
+    reader = Reader(cache(), prefetch_window=16 * BS, prefetch_memory=3 * BS)
+    in_flight: list[int] = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            reader.start(nursery)
+            fh = open_file(reader, backend, "obj")
+            backend.gate = trio.Event()  # hold every backend read
+            backend.on_call.append(lambda: in_flight.append(len(reader._flights)))
+            nursery.start_soon(reader.read, fh, 0, BS)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(reader._flights) == 2  # the read's block and one prefetched
+            backend.gate.set()
+            backend.gate = None
+            await trio.testing.wait_all_tasks_blocked()
+            for offset in range(BS, 40 * BS, BS):
+                assert await reader.read(fh, offset, BS) == data[offset:offset + BS]
+            await trio.testing.wait_all_tasks_blocked()
+            assert max(in_flight) <= 1 + 3  # one demand read and at most three prefetches
+            assert reader.prefetches_skipped > 0  # the memory bound did bite
+            assert reader.handles[fh].window == 16
+            nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -33,8 +33,13 @@ class MountError(RuntimeError):
     """The mountpoint cannot be used; the message says why and what to do, in one line."""
 
 
-def mounted_at(path: str) -> str | None:
-    """The filesystem type mounted exactly at `path`, if any (from /proc/self/mountinfo)."""
+def _mountinfo(path: str) -> list[str] | None:
+    """The last /proc/self/mountinfo line mounted exactly at `path`, split into fields.
+
+    `path` is resolved with realpath, which stats the mountpoint: never call this from the process
+    serving that mount before it serves requests (it would wait on itself); pass a resolved path to
+    `mount_device` instead.
+    """
     target = os.path.realpath(path)
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
@@ -43,11 +48,41 @@ def mounted_at(path: str) -> str | None:
     found = None
     for line in lines:
         fields = line.split()
-        sep = fields.index("-")
-        mount_point = fields[4].encode().decode("unicode_escape")
-        if mount_point == target:
-            found = fields[sep + 1]
+        if fields[4].encode().decode("unicode_escape") == target:
+            found = fields
     return found
+
+
+def mounted_at(path: str) -> str | None:
+    """The filesystem type mounted exactly at `path`, if any."""
+    fields = _mountinfo(path)
+    return None if fields is None else fields[fields.index("-") + 1]
+
+
+def mount_device(resolved: str) -> str | None:
+    """`major:minor` of the filesystem mounted exactly at the already resolved path `resolved`."""
+    device = None
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4].encode().decode("unicode_escape") == resolved:
+            device = fields[2]
+    return device
+
+
+def set_read_ahead(mountpoint: str, kb: int) -> None:
+    """Raise the kernel's readahead of the mount (its bdi), if permitted; log what changed.
+    `mountpoint` must be resolved already (see _mountinfo)."""
+    device = mount_device(mountpoint)
+    if not kb or device is None:
+        return
+    knob = Path("/sys/class/bdi") / device / "read_ahead_kb"
+    try:
+        before = knob.read_text().strip()
+        knob.write_text(str(kb))
+    except OSError as exc:
+        log.info("read_ahead_kb of %s left as it is (%s): run as root to raise it", mountpoint, exc.strerror)
+        return
+    log.info("read_ahead_kb of %s: %s -> %d", mountpoint, before, kb)
 
 
 def check_mountpoint(path: str) -> None:
@@ -90,7 +125,7 @@ def build_namespace(config: Config) -> Namespace:
     c = config.cache
     cache = build_cache(c.block_size, c.ram_size, c.ram_policy, os.path.expanduser(c.ssd_dir), c.ssd_size, c.ssd_policy)
     trace = open(os.path.expanduser(c.trace_file), "a", buffering=1 << 16) if c.trace_file else None
-    reader = Reader(cache, prefetch_blocks=c.prefetch_blocks, trace=trace)
+    reader = Reader(cache, prefetch_window=c.prefetch_window, prefetch_memory=c.prefetch_memory, trace=trace)
     return Namespace(MountTable(open_backends(config)), reader, default_ttl=config.metadata.ttl)
 
 
@@ -104,9 +139,17 @@ def fuse_options(config: Config) -> set[str]:
     return options
 
 
-async def _serve(ns: Namespace) -> None:
+async def _after_init(mountpoint: str, read_ahead_kb: int) -> None:
+    """Raise readahead once the kernel has processed FUSE INIT, which sets it to min(its value, what
+    INIT negotiated); a stat of the mountpoint returns only after that."""
+    await trio.to_thread.run_sync(os.stat, mountpoint)
+    set_read_ahead(mountpoint, read_ahead_kb)
+
+
+async def _serve(ns: Namespace, mountpoint: str, read_ahead_kb: int) -> None:
     async with trio.open_nursery() as nursery:
         ns.reader.start(nursery)
+        nursery.start_soon(_after_init, mountpoint, read_ahead_kb)
 
         async def on_signal() -> None:
             stop = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -131,11 +174,12 @@ async def _serve(ns: Namespace) -> None:
 def run(config: Config, mountpoint: str) -> None:
     """Mount and serve in this process until told to stop."""
     check_mountpoint(mountpoint)
+    mountpoint = os.path.realpath(mountpoint)  # resolved before mounting: afterwards a stat would ask us
     ns = build_namespace(config)
     pyfuse3.init(FuseOps(ns), mountpoint, fuse_options(config))
     log.info("mounted %s: %s", mountpoint, ", ".join(f"{m.path} <- {m.backend.describe()}" for m in ns.table.mounts))
     try:
-        trio.run(_serve, ns)
+        trio.run(_serve, ns, mountpoint, config.fuse.read_ahead_kb)
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)

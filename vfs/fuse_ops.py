@@ -116,7 +116,7 @@ class FuseOps(pyfuse3.Operations):
             f = await self.ns.open(inode, flags)
             return pyfuse3.FileInfo(fh=f.fh, keep_cache=f.keep_cache, direct_io=f.direct_io)
 
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         with self._errors("read"):
             return await self.ns.read(fh, off, size)
 

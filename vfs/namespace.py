@@ -225,7 +225,7 @@ class Namespace:
         self._read_paths[fh] = (mount, inner)
         return OpenFile(fh, keep_cache)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         if fh >= _VIRTUAL_FH:
             return self._virtual[fh][offset:offset + size]
         if fh not in self.reader.handles:

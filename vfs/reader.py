@@ -3,13 +3,19 @@
 It is the only caller of the block cache. A read is split into fixed-size blocks; each block comes
 from the cache or, on a miss, from one ranged read of the backend (single-flight: N readers of one
 missing block cause one request), and is then put in the cache. Blocks are keyed by the version the
-handle was opened on, so one handle never mixes bytes of two versions.
+handle was opened on, so one handle never mixes bytes of two versions. A file no larger than a
+block is fetched whole, in one request.
 
-Sequential reads (a read starting where the last one ended) prefetch the next blocks in the
-background, up to `prefetch_blocks` ahead per handle.
+Prefetch: a handle read sequentially gets a window of blocks fetched ahead of it in the background,
+in parallel (one ranged GET per block: parallel ranged reads of a large object). The window starts
+at one block and doubles each time the reader enters a new block, up to `prefetch_window` bytes; a
+jump elsewhere in the file closes it. Requests that arrive a little out of order (the kernel sends
+its readahead concurrently) still count as sequential. The bytes of prefetches in flight, which
+are outside the cache's budget until they land, are bounded by `prefetch_memory` for the whole
+mount: a prefetch that finds no room is skipped, never queued.
 
-With a trace file, every block access is recorded as a line `KEY SIZE` (KEY a short hash of the
-BlockKey), the format `vfs cache simulate --trace` replays.
+With a trace file, every block a reader asks for is recorded as a line `KEY SIZE` (KEY a short hash
+of the BlockKey), the format `vfs cache simulate --trace` replays.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ from vfs.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
+# How far from where a sequential reader would read next a request may start and still count as
+# sequential (at most half a block): the kernel's readahead sends up to read_ahead_kb (1 MiB when
+# raised) in several concurrent requests, which trio may serve in any order.
+SEQUENTIAL_SLACK = 2 * 1024 * 1024
+
 
 @dataclasses.dataclass(eq=False)
 class ReadHandle:
@@ -38,21 +49,29 @@ class ReadHandle:
     size: int
     next_offset: int = 0
     """Where a sequential reader would read next."""
+    window: int = 0
+    """Blocks to keep prefetched ahead of the reader (0: not sequential)."""
+    last_block: int = -1
+    """The highest block a read touched."""
     prefetched_to: int = -1
     """Highest block index a prefetch was started for."""
 
 
 class Reader:
-    def __init__(self, cache: BlockCache, prefetch_blocks: int = 2, trace: TextIO | None = None) -> None:
+    def __init__(self, cache: BlockCache, prefetch_window: int = 32 * 2**20, prefetch_memory: int = 64 * 2**20,
+                 trace: TextIO | None = None) -> None:
         self.cache = cache
         self.block_size = cache.block_size
-        self.prefetch_blocks = prefetch_blocks
+        self.window_max = max(0, prefetch_window // self.block_size)
+        self.slack = min(SEQUENTIAL_SLACK, self.block_size // 2)
         self.handles: dict[int, ReadHandle] = {}
         self.trace = trace
         self._ids = itertools.count(1)
         self._flights: SingleFlight[BlockKey, bytes] = SingleFlight()
         self._nursery: trio.Nursery | None = None
+        self._prefetch_slots = trio.Semaphore(max(1, prefetch_memory // self.block_size))
         self.prefetches = 0
+        self.prefetches_skipped = 0
 
     def start(self, nursery: trio.Nursery) -> None:
         """Give the reader a nursery for background prefetch (none: no prefetch)."""
@@ -66,16 +85,16 @@ class Reader:
     def release(self, fh: int) -> None:
         self.handles.pop(fh, None)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
+        """Bytes [offset, offset + size) of the handle's version; a view into the cached block when
+        the range lies in one block (pyfuse3 copies it into the reply: no copy of ours)."""
         h = self.handles[fh]
         end = min(offset + size, h.size)
         if offset >= end:
             return b""
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs
-        if offset == h.next_offset or offset == 0:
-            self._prefetch(h, last + 1)
-        h.next_offset = end
+        self._follow(h, offset, end, last)
         parts = []
         for index in range(first, last + 1):
             if self.trace is not None:
@@ -87,7 +106,7 @@ class Reader:
             if lo == 0 and hi == len(block) and first == last:
                 return block
             parts.append(memoryview(block)[lo:hi])
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _key(self, h: ReadHandle, index: int) -> BlockKey:
         return BlockKey(h.mount, h.path, h.version, index)
@@ -123,22 +142,43 @@ class Reader:
             if data is not None or prefetch:
                 return data
 
-    def _prefetch(self, h: ReadHandle, index: int) -> None:
-        if self._nursery is None:
-            return
-        last_block = (h.size - 1) // self.block_size
-        upto = min(index + self.prefetch_blocks - 1, last_block)
-        for i in range(max(index, h.prefetched_to + 1), upto + 1):
-            h.prefetched_to = i
-            if self._key(h, i) not in self._flights:
+    def _follow(self, h: ReadHandle, offset: int, end: int, last: int) -> None:
+        """Track how the handle is read and keep its prefetch window ahead of it."""
+        if abs(offset - h.next_offset) <= self.slack:
+            if last > h.last_block:  # a new block: widen the window
+                h.window = min(max(1, 2 * h.window), self.window_max)
+        else:  # a jump: no prefetch until the reader goes sequential again
+            h.window = 0
+            h.prefetched_to = last
+        h.next_offset = max(h.next_offset, end) if h.window else end
+        h.last_block = max(h.last_block, last) if h.window else last
+        if h.window and self._nursery is not None:
+            upto = min(last + h.window, (h.size - 1) // self.block_size)
+            for i in range(max(last + 1, h.prefetched_to + 1), upto + 1):
+                if self._key(h, i) in self._flights:
+                    h.prefetched_to = i
+                    continue
+                try:
+                    self._prefetch_slots.acquire_nowait()
+                except trio.WouldBlock:
+                    self.prefetches_skipped += 1
+                    break  # memory for prefetch is used up: try again on the next read
+                h.prefetched_to = i
                 self.prefetches += 1
-                self._nursery.start_soon(self._block, h, i, True)
+                self._nursery.start_soon(self._prefetch, h, i)
+
+    async def _prefetch(self, h: ReadHandle, index: int) -> None:
+        try:
+            await self._block(h, index, prefetch=True)
+        finally:
+            self._prefetch_slots.release()
 
     def stats(self) -> dict[str, object]:
         return {
             "tiers": self.cache.stats(),
             "reader": {"block_size": self.block_size, "open_handles": len(self.handles),
-                       "blocks_in_flight": len(self._flights), "prefetches": self.prefetches},
+                       "blocks_in_flight": len(self._flights), "prefetches": self.prefetches,
+                       "prefetches_skipped": self.prefetches_skipped},
         }
 
     async def clear(self, tier: str | None = None) -> dict[str, int]:
