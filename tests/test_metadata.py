@@ -273,3 +273,23 @@ def test_mounts_do_not_share_entries() -> None:
         assert (await meta.stat(m2, "f")).size == 2
 
     trio.run(main)
+
+
+def test_an_expired_listing_is_listed_again_instead_of_a_stat_per_child() -> None:
+    """A DataLoader epoch longer than the TTL: one listing per TTL, never a HEAD per file."""
+    backend, mount, meta, clock = setup()
+    for i in range(20):
+        backend.put(f"d/f{i:02}", b"x")
+
+    async def main() -> None:
+        await meta.list_dir(mount, "d")
+        clock.advance(11)  # past the 10 s TTL of setup()
+        backend.put("d/f05", b"changed")
+        for i in range(20):
+            assert (await meta.stat(mount, f"d/f{i:02}")).size == (7 if i == 5 else 1)
+        assert backend.requests == 2  # the first listing and one more, no stat
+        with pytest.raises(OSError):
+            await meta.stat(mount, "d/missing")
+        assert backend.requests == 2
+
+    trio.run(main)

@@ -2,6 +2,9 @@
 
 A directory listing fills the metadata of every child, so `ls -l` and a DataLoader's stat storm cost
 one listing, not one HEAD per file. A fresh listing also answers "no such name" for its directory.
+A directory that was listed once is listed again when its listing expires and a child is asked
+for, rather than answering each child with a HEAD: an epoch that outlasts the TTL still costs
+one listing per directory per TTL.
 Misses are remembered for the mount's negative TTL. Concurrent questions about one path share one
 request (single-flight). Entries are bounded in number.
 """
@@ -76,9 +79,16 @@ class MetadataCache:
         if path:
             parent, _, name = path.rpartition("/")
             listing = self._fresh_listing(mount, parent)
-            if listing is not None:
-                if name in listing.children:
-                    return listing.children[name]
+            if listing is None and (mount.path, parent) in self._listings:  # listed before, expired
+                try:
+                    children: dict[str, ObjectMeta] | None = await self.list_dir(mount, parent)
+                except OSError:
+                    children = None  # ask about the path itself below
+            else:
+                children = None if listing is None else listing.children
+            if children is not None:
+                if name in children:
+                    return children[name]
                 raise not_found(f"{mount.path}: {path}")
 
         async def ask() -> ObjectMeta:
