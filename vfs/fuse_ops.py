@@ -120,6 +120,11 @@ class FuseOps(pyfuse3.Operations):
         with self._errors("read"):
             return await self.ns.read(fh, off, size)
 
+    async def flush(self, fh: int) -> None:
+        # Nothing to flush on a read-only mount. ENOSYS makes the kernel stop sending FLUSH at all:
+        # one request less per close(), a third of the requests of an open/close of a cached file.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
+
     async def release(self, fh: int) -> None:
         self.ns.release(fh)
 
