@@ -660,3 +660,28 @@ def test_kernel_timeouts_never_outlive_what_vfs_trusts() -> None:
         assert (await walk(ns, "/m/a.txt")).timeout == TTL
 
     trio.run(main)
+
+
+def test_a_walk_lists_the_next_directories_ahead() -> None:
+    """find-like: root listed, then one subdirectory: the siblings are listed in the background."""
+    ns, backend, _ = one_mount()
+    for d in range(10):
+        backend.put(f"d{d}/f", b"x")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            ns.start(nursery)
+            top = await walk(ns, "/m")
+            await ns.opendir(top.ino)  # an `ls`: nothing more
+            await trio.testing.wait_all_tasks_blocked()
+            assert backend.requests == 1
+            d0 = await ns.lookup(top.ino, "d0")
+            await ns.opendir(d0.ino)  # a walker goes in: list d1..d9 ahead
+            await trio.testing.wait_all_tasks_blocked()
+            assert backend.requests == 1 + 10
+            d7 = await ns.lookup(top.ino, "d7")
+            await ns.opendir(d7.ino)
+            assert backend.requests == 1 + 10  # served by the listing made ahead
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -148,7 +148,7 @@ async def _after_init(mountpoint: str, read_ahead_kb: int) -> None:
 
 async def _serve(ns: Namespace, mountpoint: str, read_ahead_kb: int) -> None:
     async with trio.open_nursery() as nursery:
-        ns.reader.start(nursery)
+        ns.start(nursery)
         nursery.start_soon(_after_init, mountpoint, read_ahead_kb)
 
         async def on_signal() -> None:

@@ -22,11 +22,14 @@ import os
 import time
 from typing import Callable
 
+import trio
+
 from vfs.inodes import Inode, InodeTable
 from vfs.metadata import MetadataCache
 from vfs.mount_table import Mount, MountTable, child_of, parent_of
 from vfs.mounts.base import ObjectMeta
 from vfs.reader import Reader
+from vfs.walk_ahead import WalkAhead
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +77,18 @@ class Namespace:
         self.default_ttl = default_ttl
         self.inodes = InodeTable()
         self.meta = metadata or MetadataCache()
+        self.walk = WalkAhead(table, self.meta)
         self._dirs: dict[int, DirHandle] = {}
         self._dir_ids = itertools.count(1)
         self._read_paths: dict[int, tuple[Mount, str]] = {}
         self._virtual: dict[int, bytes] = {}
         self._virtual_ids = itertools.count(_VIRTUAL_FH)
         self.started = time.monotonic()
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Background work (prefetch of blocks, walk-ahead listings) runs in this nursery."""
+        self.reader.start(nursery)
+        self.walk.start(nursery)
 
     # --- resolving paths -------------------------------------------------------------------------
 
@@ -164,6 +173,7 @@ class Namespace:
                     raise
                 listing = {}
             children = {name: (meta, mount.ttl) for name, meta in listing.items()}
+            self.walk.listed(node.path, [name for name, meta in listing.items() if meta.is_dir])
         if node.path == "/":
             children.pop(".vfs", None)  # vfs's own directory: found by path, never listed
         for name in self.table.overlay(node.path):
@@ -250,6 +260,7 @@ class Namespace:
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started, 3),
             "inodes": len(self.inodes),
+            "walk_ahead_listings": self.walk.listings,
             **self.reader.stats(),
             "backends": {m.path: {"silo": m.backend.describe(), **dataclasses.asdict(m.backend.stats)}
                          for m in sorted(self.table.mounts, key=lambda m: m.path)},
