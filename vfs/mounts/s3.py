@@ -13,12 +13,15 @@ versions are never mixed (a changed object answers 412 -> ESTALE).
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import email.utils
 import errno
 from typing import Any, Callable
 
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.handlers
 from botocore import UNSIGNED
 
 from vfs.errors import SiloError, silo_error
@@ -41,6 +44,16 @@ class S3Options(BaseOptions):
     max_attempts: int = 5  # boto3 "standard" retry mode: throttling, 5xx and connection errors
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+
+
+def mtime_ns(value: str | datetime.datetime) -> int:
+    """Nanoseconds since the epoch of an S3 timestamp: ISO 8601 in listings, RFC 1123 in headers."""
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            value = email.utils.parsedate_to_datetime(value)
+    return int(value.timestamp() * 1e9)
 
 
 def translate(exc: Exception, what: str) -> OSError:
@@ -86,7 +99,13 @@ class S3Backend(Backend):
             s3={"addressing_style": options.addressing_style},
             signature_version=UNSIGNED if options.anonymous else None,
         )
+        # Timestamps stay strings: botocore's dateutil parsing is 3/4 of the CPU of a listing page
+        # (39 -> 9 ms per 1,000 keys, measured here); `mtime_ns` parses them much faster.
+        session._session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
         self.client = session.client("s3", endpoint_url=options.endpoint_url, config=config)
+        # botocore parses every XML body once more looking for an error sent with status 200, which
+        # only CopyObject/CompleteMultipartUpload do; none of our calls can (1.9 of ~11 ms a page).
+        self.client.meta.events.unregister("before-parse.s3.*", botocore.handlers._handle_200_error)
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
@@ -114,7 +133,7 @@ class S3Backend(Backend):
             path,
             False,
             int(obj.get("Size", obj.get("ContentLength", 0))),
-            int(obj["LastModified"].timestamp() * 1e9) if "LastModified" in obj else None,
+            mtime_ns(obj["LastModified"]) if "LastModified" in obj else None,
             obj.get("ETag", ""),
         )
 
