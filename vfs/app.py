@@ -33,14 +33,13 @@ class MountError(RuntimeError):
     """The mountpoint cannot be used; the message says why and what to do, in one line."""
 
 
-def _mountinfo(path: str) -> list[str] | None:
+def _mountinfo(path: str, resolve: bool = True) -> list[str] | None:
     """The last /proc/self/mountinfo line mounted exactly at `path`, split into fields.
 
-    `path` is resolved with realpath, which stats the mountpoint: never call this from the process
-    serving that mount before it serves requests (it would wait on itself); pass a resolved path to
-    `mount_device` instead.
+    Resolving `path` with realpath stats the mountpoint: the process serving that mount must pass
+    a resolved path and `resolve=False` (it would otherwise wait on itself).
     """
-    target = os.path.realpath(path)
+    target = os.path.realpath(path) if resolve else path
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
@@ -61,12 +60,8 @@ def mounted_at(path: str) -> str | None:
 
 def mount_device(resolved: str) -> str | None:
     """`major:minor` of the filesystem mounted exactly at the already resolved path `resolved`."""
-    device = None
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        if fields[4].encode().decode("unicode_escape") == resolved:
-            device = fields[2]
-    return device
+    fields = _mountinfo(resolved, resolve=False)
+    return None if fields is None else fields[2]
 
 
 def set_read_ahead(mountpoint: str, kb: int) -> None:

@@ -38,13 +38,10 @@ def _setup_logging(level: str, log_file: str | None) -> None:
 
 
 def _load(args: argparse.Namespace) -> vfs_config.Config:
+    if args.config and args.sources:  # the file's tables and mounts, plus the command line's mounts
+        return vfs_config.from_sources(args.sources, vfs_config.read_toml(args.config))
     if args.config:
-        cfg = vfs_config.load(args.config)
-        if args.sources:
-            import tomllib
-            with open(args.config, "rb") as f:
-                cfg = vfs_config.from_sources(args.sources, tomllib.load(f))
-        return cfg
+        return vfs_config.load(args.config)
     if not args.sources:
         raise vfs_config.ConfigError("nothing to mount: give --config FILE or sources such as s3://bucket/prefix=/s3")
     return vfs_config.from_sources(args.sources)
@@ -66,7 +63,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
             cfg = dataclasses.replace(cfg, fuse=dataclasses.replace(cfg.fuse, allow_other=True))
         if args.trace:
             cfg = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, trace_file=os.path.abspath(args.trace)))
-        app.check_mountpoint(args.mountpoint)
+        if not args.foreground:  # refuse here rather than in the background child (app.run checks too)
+            app.check_mountpoint(args.mountpoint)
     except (vfs_config.ConfigError, app.MountError) as exc:
         print(f"vfs: {exc}", file=sys.stderr)
         return 2

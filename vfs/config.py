@@ -227,16 +227,20 @@ def parse(data: dict[str, Any], source: str) -> Config:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def load(path: str | Path) -> Config:
-    """Read and check a TOML config file."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """The parsed TOML of a config file; ConfigError if it cannot be read or parsed."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse(data, str(path))
+
+
+def load(path: str | Path) -> Config:
+    """Read and check a TOML config file."""
+    return parse(read_toml(path), str(path))
 
 
 def source_entry(arg: str) -> dict[str, Any]:

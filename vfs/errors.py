@@ -11,10 +11,7 @@ falls back on the HTTP status, so S3, GCS and Drive share one mapping.
 from __future__ import annotations
 
 import errno
-import logging
 import os
-
-log = logging.getLogger(__name__)
 
 
 class SiloError(OSError):

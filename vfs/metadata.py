@@ -59,8 +59,12 @@ class MetadataCache:
         entry = self._entries.get((mount.path, path))
         if entry is not None and entry.expires > now:
             return entry.expires - now
-        listing = self._fresh_listing(mount, path.rpartition("/")[0]) if path else None
-        return listing.expires - now if listing is not None else mount.ttl
+        return self.listing_expires_in(mount, path.rpartition("/")[0]) if path else mount.ttl
+
+    def listing_expires_in(self, mount: Mount, path: str) -> float:
+        """Seconds until the listing of directory `path` expires."""
+        listing = self._fresh_listing(mount, path)
+        return listing.expires - self.clock() if listing is not None else mount.ttl
 
     def _fresh_listing(self, mount: Mount, path: str) -> _Listing | None:
         listing = self._listings.get((mount.path, path))
@@ -120,8 +124,4 @@ class MetadataCache:
             return children
 
         return await self._list_flights.do((mount.path, path), ask)
-
-    def forget_all(self) -> None:
-        self._entries.clear()
-        self._listings.clear()
 

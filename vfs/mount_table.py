@@ -63,4 +63,4 @@ class MountTable:
 
     def is_overlay(self, path: str) -> bool:
         """`path` is a mount point or a directory on the way to one (never hidden, never a file)."""
-        return path in self.by_path or path in self.synthetic or path in self._children
+        return path in self.by_path or path in self._children  # synthetic dirs all have children

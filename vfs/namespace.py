@@ -26,7 +26,7 @@ import trio
 
 from vfs.inodes import Inode, InodeTable
 from vfs.metadata import MetadataCache
-from vfs.mount_table import Mount, MountTable, child_of, parent_of
+from vfs.mount_table import MountTable, child_of, parent_of
 from vfs.mounts.base import ObjectMeta
 from vfs.reader import Reader
 from vfs.walk_ahead import WalkAhead
@@ -49,7 +49,7 @@ class Entry:
 @dataclasses.dataclass(frozen=True, slots=True)
 class DirHandle:
     path: str
-    entries: list[tuple[str, ObjectMeta, float]]  # name, meta, timeout; offsets are indexes + 1
+    entries: list[tuple[str, ObjectMeta, float]]  # name, meta, timeout; offsets are indexes + 2
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -80,7 +80,6 @@ class Namespace:
         self.walk = WalkAhead(table, self.meta)
         self._dirs: dict[int, DirHandle] = {}
         self._dir_ids = itertools.count(1)
-        self._read_paths: dict[int, tuple[Mount, str]] = {}
         self._virtual: dict[int, bytes] = {}
         self._virtual_ids = itertools.count(_VIRTUAL_FH)
         self.started = time.monotonic()
@@ -172,7 +171,8 @@ class Namespace:
                 if not (self.table.is_overlay(node.path) and exc.errno in (errno.ENOENT, errno.ENOTDIR)):
                     raise
                 listing = {}
-            children = {name: (meta, mount.ttl) for name, meta in listing.items()}
+            timeout = min(mount.ttl, self.meta.listing_expires_in(mount, inner))
+            children = {name: (meta, timeout) for name, meta in listing.items()}
             self.walk.listed(node.path, [name for name, meta in listing.items() if meta.is_dir])
         if node.path == "/":
             children.pop(".vfs", None)  # vfs's own directory: found by path, never listed
@@ -231,20 +231,19 @@ class Namespace:
             raise _error(errno.EISDIR, node.path)
         keep_cache = node.page_version == meta.version
         node.page_version = meta.version
-        fh = self.reader.open(mount.path, mount.backend, inner, meta.version, meta.size)
-        self._read_paths[fh] = (mount, inner)
-        return OpenFile(fh, keep_cache)
+        return OpenFile(self.reader.open(mount.path, mount.backend, inner, meta.version, meta.size), keep_cache)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         if fh >= _VIRTUAL_FH:
             return self._virtual[fh][offset:offset + size]
-        if fh not in self.reader.handles:
+        h = self.reader.handles.get(fh)
+        if h is None:
             raise _error(errno.EBADF, f"file handle {fh}")
         try:
             return await self.reader.read(fh, offset, size)
         except OSError as exc:
-            if exc.errno == errno.ESTALE and fh in self._read_paths:
-                self.meta.invalidate(*self._read_paths[fh])  # the next open sees the new version
+            if exc.errno == errno.ESTALE:  # the next open sees the new version
+                self.meta.invalidate(self.table.by_path[h.mount], h.path)
             raise
 
     def release(self, fh: int) -> None:
@@ -252,7 +251,6 @@ class Namespace:
             self._virtual.pop(fh, None)
             return
         self.reader.release(fh)
-        self._read_paths.pop(fh, None)
 
     def stats(self) -> dict[str, object]:
         """Everything `.vfs/stats` shows: tiers, reader, and per mount its backend's counters."""

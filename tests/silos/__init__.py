@@ -8,13 +8,12 @@ context manager yielding a `Silo`; it stops every server it started on exit.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib
 import os
 import random
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, ContextManager
 
 from vfs.mounts.base import Backend
 
@@ -33,8 +32,6 @@ class Silo:
     """Write new bytes for a path straight to the silo (behind the backend)."""
     denied: Callable[[], Backend] | None = None
     """A backend for the same silo whose credentials the server refuses, if the server checks them."""
-    pages_tested: bool = True
-    """The server honours the page size, so listings of `many/` span several pages."""
     mount_options: dict | None = None
     """`[[mount]]` options (without `path`) that mount this silo in a config file."""
     rooted: Callable[[str], Backend] | None = None
@@ -64,8 +61,3 @@ def open_silo(name: str, tmp: Path, *, shadowed: bool = True) -> ContextManager[
     """Start silo `name` seeded with the standard dataset."""
     module = importlib.import_module(f"tests.silos.{name}")
     return module.open_silo(tmp, FILES, EMPTY_DIRS, SHADOWED if shadowed else {})
-
-
-@contextlib.contextmanager
-def nothing() -> Iterator[None]:
-    yield None

@@ -9,7 +9,7 @@ What the emulator does not do, and how each part is covered instead:
 - generation preconditions, `?generation=` and the `x-goog-generation` header: all ignored/absent.
   The backend then checks the live generation after each read (see vfs/mounts/gcs.py), so the
   conformance test of a replaced object (ESTALE) runs for real here, through that path.
-- maxResults / pageToken: every listing comes back as one page, so `pages_tested` is False. The
+- maxResults / pageToken: every listing comes back as one page, so `many/` never spans pages here. The
   backend holds no paging logic of its own: it walks the client's `HTTPIterator.pages` (which sends
   maxResults=page_size and follows nextPageToken until there is none), one page per worker-thread
   call, reads each page's own `prefixes` as it arrives (never the iterator's accumulated set before
@@ -78,7 +78,6 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
                 flat_keys=True,
                 replace=replace,
                 denied=None,
-                pages_tested=False,
                 mount_options={"backend": "gcs", **options},
                 rooted=lambda sub: GCSBackend(GCSOptions(prefix=sub, **options)),  # type: ignore[arg-type]
             )

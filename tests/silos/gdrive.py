@@ -77,7 +77,6 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
             flat_keys=False,
             replace=lambda path, data: put(server, path, data) and None,
             denied=denied,
-            pages_tested=True,
             mount_options={"backend": "gdrive", "root_url": server.url, "token_file": str(token_file),
                            "token_uri": server.url + "token"},
         )

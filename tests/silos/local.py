@@ -40,7 +40,6 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
         backend=LocalBackend(LocalOptions(root=str(root))),
         flat_keys=False,
         replace=functools.partial(replace_file, root),
-        pages_tested=False,
         mount_options={"backend": "local", "root": str(root)},
         rooted=lambda sub: LocalBackend(LocalOptions(root=str(root / sub))),
     )

@@ -17,4 +17,4 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
         backend.put(key, data)
     for d in empty_dirs:
         backend.put(d + "/", b"")
-    yield Silo(backend=backend, flat_keys=True, replace=backend.put, pages_tested=False)
+    yield Silo(backend=backend, flat_keys=True, replace=backend.put)

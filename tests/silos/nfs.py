@@ -114,7 +114,6 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
                 flat_keys=False,
                 replace=functools.partial(replace_file, root),
                 denied=denied,
-                pages_tested=False,
                 mount_options={"backend": "nfs", "url": url},
                 rooted=lambda sub: NFSBackend(NFSOptions(url=url.replace("?", f"/{sub}?", 1))),
             )
