@@ -13,9 +13,11 @@ import os
 import random
 import subprocess
 import sys
+import json
 import threading
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -193,23 +195,64 @@ def test_replaced_object_is_seen_after_the_ttl(alive: VfsMount, servers: tuple[M
     assert read_file(path) == new
 
 
-def test_an_open_handle_never_mixes_versions(alive: VfsMount, servers: tuple[MotoS3, MotoS3]) -> None:
-    client = servers[0].client()
+@pytest.fixture(scope="module")
+def pinned(servers: tuple[MotoS3, MotoS3], tmp_path_factory: pytest.TempPathFactory) -> Iterator[VfsMount]:
+    """The same tree with `pin_handle_version`: every open reaches vfs and pins its version."""
+    tmp = tmp_path_factory.mktemp("pinned")
+    write_tree(tmp / "local", LOCAL, [])
+    with vfs_mount(tmp, {**config(*servers, tmp / "local"), "fuse": {"pin_handle_version": True}}) as m:
+        yield m
+
+
+def stats_of(m: VfsMount) -> dict:
+    return json.loads(read_file(m.path / ".vfs/stats"))
+
+
+def replace_while_open(client: Any, path: Path, key: str) -> tuple[bytes, bytes, list[bytes | None], bytes | None]:
+    """Read a block of v1, replace the object by v2 of the same size, read the rest of the open
+    file in half blocks (None: ESTALE), wait until a fresh read gives v2, then read the first block
+    of the still open file again (None: ESTALE)."""
     v1, v2 = rnd.randbytes(6 * BLOCK), rnd.randbytes(6 * BLOCK)
-    client.put_object(Bucket=DATA_BUCKET, Key="mutable/six.bin", Body=v1)
-    path = alive.path / "mutable" / "six.bin"
+    client.put_object(Bucket=DATA_BUCKET, Key=key, Body=v1)
     wait_until(lambda: os.path.exists(path), 30, "the new object", interval=0.2)
+    got: list[bytes | None] = []
     with open(path, "rb", buffering=0) as f:
         assert f.read(BLOCK) == v1[:BLOCK]
-        client.put_object(Bucket=DATA_BUCKET, Key="mutable/six.bin", Body=v2)  # same size, other bytes
+        client.put_object(Bucket=DATA_BUCKET, Key=key, Body=v2)  # same size, other bytes
         for off in range(BLOCK, len(v1), BLOCK // 2):
             try:
-                got = os.pread(f.fileno(), BLOCK // 2, off)
+                got.append(os.pread(f.fileno(), BLOCK // 2, off))
             except OSError as exc:
                 assert exc.errno == errno.ESTALE, exc
-                continue
-            assert got == v1[off:off + BLOCK // 2], f"bytes of another version at {off}"
-    wait_until(lambda: read_file(path) == v2, 30, "the new version after the TTL", interval=0.3)
+                got.append(None)
+            time.sleep(0.1)  # across the mount's 1 s TTL
+        wait_until(lambda: read_file(path) == v2, 30, "the new version after the TTL", interval=0.3)
+        try:
+            again: bytes | None = os.pread(f.fileno(), BLOCK, 0)
+        except OSError as exc:
+            assert exc.errno == errno.ESTALE, exc
+            again = None
+    return v1, v2, got, again
+
+
+def test_a_pinned_handle_never_mixes_versions(pinned: VfsMount, servers: tuple[MotoS3, MotoS3]) -> None:
+    v1, _, got, again = replace_while_open(servers[0].client(), pinned.path / "mutable/pinned.bin", "mutable/pinned.bin")
+    for i, data in enumerate(got):
+        off = BLOCK + i * BLOCK // 2
+        assert data is None or data == v1[off:off + BLOCK // 2], f"bytes of another version at {off}"
+    # `again` is not checked: once a fresh open has read v2, the kernel's page cache (one per inode,
+    # shared by every open file) holds v2's pages, and the old handle reads those (README).
+    assert stats_of(pinned)["open_requests"] > 0
+
+
+def test_without_opens_every_read_is_one_version(alive: VfsMount, servers: tuple[MotoS3, MotoS3]) -> None:
+    before = stats_of(alive)["open_requests"]
+    v1, v2, got, again = replace_while_open(servers[0].client(), alive.path / "mutable/unpinned.bin", "mutable/unpinned.bin")
+    for i, data in enumerate(got):
+        off = BLOCK + i * BLOCK // 2
+        assert data is None or data in (v1[off:off + BLOCK // 2], v2[off:off + BLOCK // 2]), f"mixed bytes at {off}"
+    assert again == v2[:BLOCK], "the open file reads the new version once the kernel was told of it"
+    assert stats_of(alive)["open_requests"] == before <= 1, "the kernel opened files without asking vfs"
 
 
 def test_sigterm_during_a_read_unmounts_cleanly(servers: tuple[MotoS3, MotoS3], tmp_path: Path) -> None:

@@ -10,8 +10,10 @@ and ESTALE invalidating metadata.
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import pytest
 import trio
@@ -35,16 +37,16 @@ NEG_TTL = 2.0
 
 
 def make_ns(mounts: dict[str, Backend], ttl: float = TTL, negative_ttl: float = NEG_TTL,
-            ram_blocks: int = 64) -> tuple[Namespace, FakeClock]:
+            ram_blocks: int = 64, opens: bool = True) -> tuple[Namespace, FakeClock]:
     clock = FakeClock()
     table = MountTable([Mount(p, b, ttl, negative_ttl) for p, b in mounts.items()])
     reader = Reader(build_cache(BS, ram_blocks * BS, "lru", None, 0, "lru"))
-    return Namespace(table, reader, default_ttl=60.0, metadata=MetadataCache(clock=clock)), clock
+    return Namespace(table, reader, default_ttl=60.0, metadata=MetadataCache(clock=clock), opens=opens), clock
 
 
-def one_mount(ttl: float = TTL, negative_ttl: float = NEG_TTL) -> tuple[Namespace, SlowMemory, FakeClock]:
+def one_mount(ttl: float = TTL, negative_ttl: float = NEG_TTL, opens: bool = True) -> tuple[Namespace, SlowMemory, FakeClock]:
     backend = SlowMemory()
-    ns, clock = make_ns({"/m": backend}, ttl, negative_ttl)
+    ns, clock = make_ns({"/m": backend}, ttl, negative_ttl, opens=opens)
     return ns, backend, clock
 
 
@@ -501,6 +503,82 @@ def test_an_open_handle_keeps_serving_its_cached_version() -> None:
         assert errno_of_call(info) == errno.ESTALE
 
     trio.run(main)
+
+
+# --- without opens: the kernel opens files by itself and read() gets the inode --------------------
+
+def without_opens(test: Callable[[Namespace, SlowMemory, FakeClock, list[int]], Awaitable[None]]) -> None:
+    """Run `test` on a namespace without opens, started in a nursery, recording kernel invalidations."""
+    ns, backend, clock = one_mount(opens=False)
+    invalidated: list[int] = []
+
+    async def record(ino: int) -> None:
+        invalidated.append(ino)
+
+    async def main() -> None:
+        ns.invalidate_kernel = record
+        async with trio.open_nursery() as nursery:
+            ns.start(nursery)
+            await test(ns, backend, clock, invalidated)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_without_opens_open_answers_enosys_and_read_takes_the_inode() -> None:
+    async def test(ns: Namespace, backend: SlowMemory, clock: FakeClock, invalidated: list[int]) -> None:
+        backend.put("d/f", b"hello")
+        f = await walk(ns, "/m/d/f")
+        with pytest.raises(OSError) as info:
+            await ns.open(f.ino, os.O_RDONLY)
+        assert errno_of_call(info) == errno.ENOSYS
+        assert await ns.read(f.ino, 1, 3) == b"ell"
+        assert await ns.read(f.ino, 0, 100) == b"hello"
+        assert ns.stats()["open_requests"] == 1 and ns.reader.stats()["reader"]["open_handles"] == 1
+        ns.forget(f.ino, 1)  # the kernel forgets the inode: its read state goes with it
+        assert ns.reader.stats()["reader"]["open_handles"] == 0
+        assert invalidated == []
+
+    without_opens(test)
+
+
+def test_without_opens_reads_serve_the_version_the_kernel_was_told_of() -> None:
+    async def test(ns: Namespace, backend: SlowMemory, clock: FakeClock, invalidated: list[int]) -> None:
+        backend.put("f", b"A" * (2 * BS))
+        f = await walk(ns, "/m/f")
+        assert await ns.read(f.ino, 0, BS) == b"A" * BS
+        backend.put("f", b"B" * (2 * BS))  # same size
+        assert (await ns.getattr(f.ino)).size == 2 * BS  # still trusted: the kernel was told of A
+        assert await ns.read(f.ino, 0, BS) == b"A" * BS  # A's cached block, never B's bytes
+        with pytest.raises(OSError) as info:  # A's second block is gone from the silo
+            await ns.read(f.ino, BS, BS)
+        assert errno_of_call(info) == errno.ESTALE
+        await trio.testing.wait_all_tasks_blocked()
+        assert invalidated == [f.ino]  # the kernel must ask again (and drop A's pages)
+        await ns.getattr(f.ino)  # it does: the ESTALE dropped vfs's metadata, so it learns of B
+        assert await ns.read(f.ino, 0, 2 * BS) == b"B" * (2 * BS)
+        await trio.testing.wait_all_tasks_blocked()
+        assert invalidated == [f.ino, f.ino]  # telling of a new version drops the pages of the old
+        backend.put("f", b"C" * (2 * BS))
+        clock.advance(TTL + 1)
+        await ns.getattr(f.ino)
+        assert await ns.read(f.ino, BS, BS) == b"C" * BS
+        await trio.testing.wait_all_tasks_blocked()
+        assert invalidated == [f.ino] * 3
+
+    without_opens(test)
+
+
+def test_without_opens_the_stats_file_keeps_one_rendering_for_a_reader() -> None:
+    async def test(ns: Namespace, backend: SlowMemory, clock: FakeClock, invalidated: list[int]) -> None:
+        stats = await walk(ns, "/.vfs/stats")
+        entry = await ns.getattr(stats.ino)
+        data = await ns.read(stats.ino, 0, 1 << 20)
+        assert len(data) == entry.size > 0 and json.loads(bytes(data))["open_requests"] == 0
+        assert entry.timeout == 0
+
+    without_opens(test)
 
 
 # --- the mount table through the namespace ------------------------------------------------------

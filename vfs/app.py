@@ -121,7 +121,20 @@ def build_namespace(config: Config) -> Namespace:
     cache = build_cache(c.block_size, c.ram_size, c.ram_policy, os.path.expanduser(c.ssd_dir), c.ssd_size, c.ssd_policy)
     trace = open(os.path.expanduser(c.trace_file), "a", buffering=1 << 16) if c.trace_file else None
     reader = Reader(cache, prefetch_window=c.prefetch_window, prefetch_memory=c.prefetch_memory, trace=trace)
-    return Namespace(MountTable(open_backends(config)), reader, default_ttl=config.metadata.ttl)
+    return Namespace(MountTable(open_backends(config)), reader, default_ttl=config.metadata.ttl,
+                     opens=needs_opens(config.fuse.pin_handle_version))
+
+
+def needs_opens(pin_handle_version: bool) -> bool:
+    """Whether every open must reach vfs: when asked, or when pyfuse3 lacks scripts/setup's patch
+    that passes the inode to read() of a file opened without vfs."""
+    if pin_handle_version:
+        return True
+    if not getattr(pyfuse3, "READ_INODE_WITHOUT_OPEN", False):
+        log.warning("pyfuse3 is not the build patched by scripts/setup: every open and close costs a "
+                    "request (as with pin_handle_version = true)")
+        return True
+    return False
 
 
 def fuse_options(config: Config) -> set[str]:

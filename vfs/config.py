@@ -17,6 +17,8 @@
     allow_other = false
     auto_unmount = true          # unmount even if the process is killed
     read_ahead_kb = 1024         # kernel readahead for the mount when permitted (root); 0 = leave it
+    pin_handle_version = false   # true: each open file keeps reading the version it opened (costs a
+                                 # request per open and per close; see README "Opens and versions")
 
     [[mount]]                    # any number
     path = "/s3/a"               # where it appears in the tree
@@ -81,6 +83,11 @@ class FuseConfig:
     read_ahead_kb: int = 1024
     """The kernel's readahead for this mount (its bdi), when permitted (root); 0 leaves the kernel's
     128. 1024 lets sequential reads arrive in 1 MiB requests: ~1 GB/s -> 1.5-2.4 GB/s (DESIGN.md)."""
+    pin_handle_version: bool = False
+    """True: every open() asks vfs, which pins the handle to the version current at open (a handle
+    never reads two versions), at one OPEN and one RELEASE request per open file. False: the kernel
+    opens files without asking (FUSE no_open) and keeps their pages while the version holds; each
+    read serves the version the kernel was last told of, and a new version drops the kernel's pages."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ import time
 from typing import Iterator
 
 import pyfuse3
+import trio
 
 from vfs.errors import errno_of
 from vfs.namespace import Entry, Namespace
@@ -61,6 +62,15 @@ class FuseOps(pyfuse3.Operations):
         self.uid = os.getuid()
         self.gid = os.getgid()
         self._errors = _Errors()
+        ns.invalidate_kernel = self._invalidate
+
+    async def _invalidate(self, ino: int) -> None:
+        # From a worker thread: the kernel may wait for pages that a read on the trio thread is
+        # still filling, so invalidating from the trio thread itself could deadlock.
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino, False)
+        except OSError as exc:  # ENOENT: the kernel has forgotten the inode already
+            log.debug("invalidate inode %d: %s", ino, exc)
 
     def _attrs(self, e: Entry) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+from vfs.mounts.base import ObjectMeta
+
 ROOT_INODE = 1  # FUSE's root inode number (pyfuse3.ROOT_INODE)
 
 
@@ -24,6 +26,8 @@ class Inode:
     lookups: int = 0
     page_version: str | None = None
     """The version whose pages the kernel may hold in its page cache (decides keep_cache)."""
+    told: ObjectMeta | None = None
+    """A file's metadata as the kernel was last told it (the version reads serve without opens)."""
 
 
 class InodeTable:
@@ -39,6 +43,9 @@ class InodeTable:
     def get(self, ino: int) -> Inode:
         """The inode, or KeyError if the kernel asks about one it has forgotten."""
         return self._by_ino[ino]
+
+    def known(self, ino: int) -> bool:
+        return ino in self._by_ino
 
     def assign(self, path: str, is_dir: bool) -> Inode:
         """The inode for `path` of that kind, created with no lookups if there is none."""

@@ -5,7 +5,17 @@ metadata cache (what the silos said, and for how long) together, and hands file 
 Every method takes and returns plain Python values; errors are OSError with an errno.
 
 `/.vfs/stats` is vfs's own read-only file: JSON counters of every tier and backend, made afresh at
-each open. `/.vfs` is left out of the root's listing but found by path.
+each open (at most once a second without opens). `/.vfs` is left out of the root's listing but
+found by path.
+
+Opens come in two modes (`[fuse] pin_handle_version`):
+- without opens (the default): `open` answers ENOSYS, so the kernel opens every file by itself
+  (FUSE no_open), sends no OPEN or RELEASE, keeps the file's pages, and passes the inode number to
+  `read` (pyfuse3 patched by scripts/setup). A read serves the version of the file the kernel was
+  last told of by a lookup/getattr/readdir reply; telling it of a new version drops its pages
+  (`invalidate_kernel`), and blocks are keyed by version, so no read returns bytes of two versions.
+- pinned: every open makes a reader handle pinned to the version current at open, released at
+  close; `keep_cache` only while that version is the one whose pages the kernel holds.
 
 Lock order: there are no locks; every method runs on the trio thread and keeps the tables consistent
 between awaits (a node is assigned and referenced with no await in between).
@@ -20,7 +30,7 @@ import json
 import logging
 import os
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 import trio
 
@@ -64,6 +74,7 @@ class OpenFile:
 CONTROL_DIR = "/.vfs"
 STATS_FILE = "/.vfs/stats"
 _VIRTUAL_FH = 1 << 62  # handles of vfs's own files, apart from the reader's
+STATS_REFRESH = 1.0  # seconds one rendering of the stats file is served without opens (one `cat`)
 
 
 def _error(err: int, what: str) -> OSError:
@@ -71,8 +82,17 @@ def _error(err: int, what: str) -> OSError:
 
 
 class Namespace:
-    def __init__(self, table: MountTable, reader: Reader, default_ttl: float, metadata: MetadataCache | None = None) -> None:
+    def __init__(self, table: MountTable, reader: Reader, default_ttl: float, metadata: MetadataCache | None = None,
+                 opens: bool = True) -> None:
         self.table = table
+        self.opens = opens
+        """False: files are opened by the kernel alone and `read` gets inode numbers (module doc)."""
+        self.invalidate_kernel: Callable[[int], Awaitable[None]] | None = None
+        """Set by the adapter: drop the kernel's cached pages and attributes of an inode."""
+        self._nursery: trio.Nursery | None = None
+        self.open_requests = 0
+        self._ino_handles: dict[int, int] = {}  # without opens: inode -> reader handle of its told version
+        self._stats_file: tuple[float, bytes, int] = (-STATS_REFRESH, b"", 0)  # monotonic, bytes, mtime_ns
         self.reader = reader
         self.default_ttl = default_ttl
         self.inodes = InodeTable()
@@ -86,6 +106,7 @@ class Namespace:
 
     def start(self, nursery: trio.Nursery) -> None:
         """Background work (prefetch of blocks, walk-ahead listings) runs in this nursery."""
+        self._nursery = nursery
         self.reader.start(nursery)
         self.walk.start(nursery)
 
@@ -102,7 +123,10 @@ class Namespace:
         if path == CONTROL_DIR:
             return ObjectMeta(".vfs", True), self.default_ttl
         if path == STATS_FILE:
-            return ObjectMeta("stats", False, 0), 0.0
+            if self.opens:  # made at each open, read with direct_io: the size is unknown here
+                return ObjectMeta("stats", False, 0), 0.0
+            _, data, mtime_ns = self._stats_rendering()
+            return ObjectMeta("stats", False, len(data), mtime_ns, str(mtime_ns)), 0.0
         if self.table.is_overlay(path):  # mount points and the directories leading to them
             mount = self.table.by_path.get(path)
             return ObjectMeta("", True), mount.ttl if mount else self.default_ttl
@@ -115,7 +139,12 @@ class Namespace:
         return meta, min(mount.ttl, self.meta.expires_in(mount, inner))
 
     def _entry(self, node: Inode, meta: ObjectMeta, timeout: float) -> Entry:
+        """The attributes the kernel is about to be told; for a file, also the version reads serve."""
         mtime = meta.mtime_ns if meta.mtime_ns is not None else self.table.started_ns
+        if not meta.is_dir:
+            told, node.told = node.told, meta
+            if told is not None and told.version != meta.version and not self.opens and node.path != STATS_FILE:
+                self._invalidate(node.ino)  # the kernel drops pages itself only if size or mtime changed
         return Entry(node.ino, meta.is_dir, 0 if meta.is_dir else meta.size, mtime, timeout)
 
     def _known(self, path: str, meta: ObjectMeta, timeout: float) -> Entry:
@@ -154,6 +183,12 @@ class Namespace:
 
     def forget(self, ino: int, n: int) -> None:
         self.inodes.forget(ino, n)
+        if ino in self._ino_handles and not self.inodes.known(ino):
+            self.reader.release(self._ino_handles.pop(ino))
+
+    def _invalidate(self, ino: int) -> None:
+        if self._nursery is not None and self.invalidate_kernel is not None:
+            self._nursery.start_soon(self.invalidate_kernel, ino)
 
     async def opendir(self, ino: int) -> int:
         node = self._node(ino)
@@ -218,9 +253,12 @@ class Namespace:
         node = self._node(ino)
         if node.is_dir:
             raise _error(errno.EISDIR, node.path)
+        self.open_requests += 1
+        if not self.opens:  # the kernel opens files by itself from now on (FUSE no_open)
+            raise _error(errno.ENOSYS, f"{node.path}: opened without vfs")
         if node.path == STATS_FILE:
             fh = next(self._virtual_ids)
-            self._virtual[fh] = json.dumps(self.stats(), indent=1, sort_keys=True).encode() + b"\n"
+            self._virtual[fh] = self._render_stats()
             return OpenFile(fh, keep_cache=False, direct_io=True)
         routed = self.table.route(node.path)
         if routed is None:
@@ -234,7 +272,12 @@ class Namespace:
         return OpenFile(self.reader.open(mount.path, mount.backend, inner, meta.version, meta.size), keep_cache)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
-        if fh >= _VIRTUAL_FH:
+        """Bytes of an open handle or, without opens, of the inode numbered `fh`."""
+        if not self.opens:
+            ino, fh = fh, await self._inode_handle(fh)
+            if fh is None:  # vfs's own stats file
+                return self._stats_rendering()[1][offset:offset + size]
+        elif fh >= _VIRTUAL_FH:
             return self._virtual[fh][offset:offset + size]
         h = self.reader.handles.get(fh)
         if h is None:
@@ -242,9 +285,29 @@ class Namespace:
         try:
             return await self.reader.read(fh, offset, size)
         except OSError as exc:
-            if exc.errno == errno.ESTALE:  # the next open sees the new version
+            if exc.errno == errno.ESTALE:  # the next open (lookup, without opens) sees the new version
                 self.meta.invalidate(self.table.by_path[h.mount], h.path)
+                if not self.opens:
+                    self._invalidate(ino)
             raise
+
+    async def _inode_handle(self, ino: int) -> int | None:
+        """Without opens: the reader handle of the version the kernel was told of for this inode."""
+        node = self._node(ino)
+        if node.path == STATS_FILE:
+            return None
+        routed = self.table.route(node.path)
+        if node.is_dir or routed is None:
+            raise _error(errno.EISDIR, node.path)
+        mount, inner = routed
+        meta = node.told or (await self._resolve(node.path))[0]
+        fh = self._ino_handles.get(ino)
+        h = self.reader.handles.get(fh) if fh is not None else None
+        if h is None or h.version != meta.version:
+            if fh is not None:
+                self.reader.release(fh)
+            fh = self._ino_handles[ino] = self.reader.open(mount.path, mount.backend, inner, meta.version, meta.size)
+        return fh
 
     def release(self, fh: int) -> None:
         if fh >= _VIRTUAL_FH:
@@ -252,12 +315,23 @@ class Namespace:
             return
         self.reader.release(fh)
 
+    def _render_stats(self) -> bytes:
+        return json.dumps(self.stats(), indent=1, sort_keys=True).encode() + b"\n"
+
+    def _stats_rendering(self) -> tuple[float, bytes, int]:
+        """The stats file as served without opens: one rendering kept STATS_REFRESH seconds, so a
+        reader sees one size and one content from its stat to its last read."""
+        if time.monotonic() - self._stats_file[0] >= STATS_REFRESH:
+            self._stats_file = (time.monotonic(), self._render_stats(), time.time_ns())
+        return self._stats_file
+
     def stats(self) -> dict[str, object]:
         """Everything `.vfs/stats` shows: tiers, reader, and per mount its backend's counters."""
         return {
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started, 3),
             "inodes": len(self.inodes),
+            "open_requests": self.open_requests,
             "walk_ahead_listings": self.walk.listings,
             **self.reader.stats(),
             "backends": {m.path: {"silo": m.backend.describe(), **dataclasses.asdict(m.backend.stats)}

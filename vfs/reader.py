@@ -170,6 +170,8 @@ class Reader:
     async def _prefetch(self, h: ReadHandle, index: int) -> None:
         try:
             await self._block(h, index, prefetch=True)
+        except Exception as exc:  # it joined a reader's load that failed: that reader has the error
+            log.debug("prefetch of %s block %d failed: %s", h.path, index, exc)
         finally:
             self._prefetch_slots.release()
 
