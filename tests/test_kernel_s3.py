@@ -242,17 +242,17 @@ def test_a_pinned_handle_never_mixes_versions(pinned: VfsMount, servers: tuple[M
         assert data is None or data == v1[off:off + BLOCK // 2], f"bytes of another version at {off}"
     # `again` is not checked: once a fresh open has read v2, the kernel's page cache (one per inode,
     # shared by every open file) holds v2's pages, and the old handle reads those (README).
-    assert stats_of(pinned)["open_requests"] > 0
+    assert stats_of(pinned)["requests"]["open"] > 0
 
 
 def test_without_opens_every_read_is_one_version(alive: VfsMount, servers: tuple[MotoS3, MotoS3]) -> None:
-    before = stats_of(alive)["open_requests"]
+    before = stats_of(alive)["requests"].get("open", 0)
     v1, v2, got, again = replace_while_open(servers[0].client(), alive.path / "mutable/unpinned.bin", "mutable/unpinned.bin")
     for i, data in enumerate(got):
         off = BLOCK + i * BLOCK // 2
         assert data is None or data in (v1[off:off + BLOCK // 2], v2[off:off + BLOCK // 2]), f"mixed bytes at {off}"
     assert again == v2[:BLOCK], "the open file reads the new version once the kernel was told of it"
-    assert stats_of(alive)["open_requests"] == before <= 1, "the kernel opened files without asking vfs"
+    assert stats_of(alive)["requests"].get("open", 0) == before <= 1, "the kernel opened files without asking vfs"
 
 
 def test_sigterm_during_a_read_unmounts_cleanly(servers: tuple[MotoS3, MotoS3], tmp_path: Path) -> None:

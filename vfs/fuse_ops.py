@@ -7,6 +7,7 @@ answers EROFS: every backend is read-only for now.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import logging
@@ -30,11 +31,13 @@ _WARN_EVERY = 30.0
 
 
 class _Errors:
-    def __init__(self) -> None:
+    def __init__(self, requests: collections.Counter[str]) -> None:
         self._last: dict[tuple[int, str, str], float] = {}
+        self.requests = requests
 
     @contextlib.contextmanager
     def __call__(self, op: str) -> Iterator[None]:
+        self.requests[op] += 1
         try:
             yield
         except pyfuse3.FUSEError:
@@ -61,7 +64,7 @@ class FuseOps(pyfuse3.Operations):
         self.ns = ns
         self.uid = os.getuid()
         self.gid = os.getgid()
-        self._errors = _Errors()
+        self._errors = _Errors(ns.requests)
         ns.invalidate_kernel = self._invalidate
 
     async def _invalidate(self, ino: int) -> None:
@@ -136,6 +139,7 @@ class FuseOps(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def release(self, fh: int) -> None:
+        self.ns.requests["release"] += 1
         self.ns.release(fh)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

@@ -23,6 +23,7 @@ between awaits (a node is assigned and referenced with no await in between).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import itertools
@@ -90,7 +91,8 @@ class Namespace:
         self.invalidate_kernel: Callable[[int], Awaitable[None]] | None = None
         """Set by the adapter: drop the kernel's cached pages and attributes of an inode."""
         self._nursery: trio.Nursery | None = None
-        self.open_requests = 0
+        self.requests: collections.Counter[str] = collections.Counter()
+        """FUSE requests by operation, counted by the adapter (shown in the stats file)."""
         self._ino_handles: dict[int, int] = {}  # without opens: inode -> reader handle of its told version
         self._stats_file: tuple[float, bytes, int] = (-STATS_REFRESH, b"", 0)  # monotonic, bytes, mtime_ns
         self.reader = reader
@@ -253,7 +255,6 @@ class Namespace:
         node = self._node(ino)
         if node.is_dir:
             raise _error(errno.EISDIR, node.path)
-        self.open_requests += 1
         if not self.opens:  # the kernel opens files by itself from now on (FUSE no_open)
             raise _error(errno.ENOSYS, f"{node.path}: opened without vfs")
         if node.path == STATS_FILE:
@@ -331,7 +332,7 @@ class Namespace:
             "pid": os.getpid(),
             "uptime_s": round(time.monotonic() - self.started, 3),
             "inodes": len(self.inodes),
-            "open_requests": self.open_requests,
+            "requests": dict(sorted(self.requests.items())),
             "walk_ahead_listings": self.walk.listings,
             **self.reader.stats(),
             "backends": {m.path: {"silo": m.backend.describe(), **dataclasses.asdict(m.backend.stats)}
