@@ -584,6 +584,42 @@ def test_without_opens_the_stats_file_keeps_one_rendering_for_a_reader() -> None
     without_opens(test)
 
 
+def test_reading_through_a_directory_sweeps_its_other_small_files() -> None:
+    async def test(ns: Namespace, backend: SlowMemory, clock: FakeClock, invalidated: list[int]) -> None:
+        files = {f"d/f{i}": bytes([i]) * 100 for i in range(10)}
+        for path, data in files.items():
+            backend.put(path, data)
+        backend.put("d/big", b"B" * (3 * BS))  # more than a block: never swept
+        backend.put("other/x", b"x")
+        d = await walk(ns, "/m/d")
+        listing(ns, await ns.opendir(d.ino))  # as a DataLoader's indexing does
+        assert await ns.read((await ns.lookup(d.ino, "f3")).ino, 0, 100) == files["d/f3"]
+        await trio.testing.wait_all_tasks_blocked()
+        assert ns.sweep.files == 0  # one file is not a pattern
+        assert await ns.read((await ns.lookup(d.ino, "f7")).ino, 0, 100) == files["d/f7"]
+        await trio.testing.wait_all_tasks_blocked()
+        assert ns.sweep.files == 8 and sorted(p for p, _, _ in backend.reads) == sorted(files)
+        for name in files:  # all in the cache now: no more reads from the silo
+            assert await ns.read((await ns.lookup(d.ino, name.split("/")[1])).ino, 0, 100) == files[name]
+        assert len(backend.reads) == 10
+
+    without_opens(test)
+
+
+def test_a_directory_too_big_for_a_quarter_of_the_cache_is_not_swept() -> None:
+    async def test(ns: Namespace, backend: SlowMemory, clock: FakeClock, invalidated: list[int]) -> None:
+        for i in range(20):  # 20 blocks of small files, the cache holds 64
+            backend.put(f"d/f{i}", b"s" * BS)
+        d = await walk(ns, "/m/d")
+        listing(ns, await ns.opendir(d.ino))
+        for name in ("f1", "f2", "f3"):
+            await ns.read((await ns.lookup(d.ino, name)).ino, 0, BS)
+        await trio.testing.wait_all_tasks_blocked()
+        assert ns.sweep.files == 0 and len(backend.reads) == 3
+
+    without_opens(test)
+
+
 # --- the mount table through the namespace ------------------------------------------------------
 
 def test_synthetic_parents_with_two_mounts_below(tmp_path: Path) -> None:

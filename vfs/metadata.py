@@ -66,6 +66,11 @@ class MetadataCache:
         listing = self._fresh_listing(mount, path)
         return listing.expires - self.clock() if listing is not None else mount.ttl
 
+    def cached_listing(self, mount: Mount, path: str) -> dict[str, ObjectMeta] | None:
+        """The children of directory `path` if a listing of it is fresh, without asking the silo."""
+        listing = self._fresh_listing(mount, path)
+        return listing.children if listing is not None else None
+
     def _fresh_listing(self, mount: Mount, path: str) -> _Listing | None:
         listing = self._listings.get((mount.path, path))
         if listing is not None and listing.expires > self.clock():

@@ -40,6 +40,7 @@ from vfs.metadata import MetadataCache
 from vfs.mount_table import MountTable, child_of, parent_of
 from vfs.mounts.base import ObjectMeta
 from vfs.reader import Reader
+from vfs.sweep import Sweep
 from vfs.walk_ahead import WalkAhead
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class Namespace:
         self.inodes = InodeTable()
         self.meta = metadata or MetadataCache()
         self.walk = WalkAhead(table, self.meta)
+        self.sweep = Sweep(self.meta, reader)
         self._dirs: dict[int, DirHandle] = {}
         self._dir_ids = itertools.count(1)
         self._virtual: dict[int, bytes] = {}
@@ -111,6 +113,7 @@ class Namespace:
         self._nursery = nursery
         self.reader.start(nursery)
         self.walk.start(nursery)
+        self.sweep.start(nursery)
 
     # --- resolving paths -------------------------------------------------------------------------
 
@@ -270,6 +273,7 @@ class Namespace:
             raise _error(errno.EISDIR, node.path)
         keep_cache = node.page_version == meta.version
         node.page_version = meta.version
+        self.sweep.opened(mount, inner)
         return OpenFile(self.reader.open(mount.path, mount.backend, inner, meta.version, meta.size), keep_cache)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
@@ -308,6 +312,7 @@ class Namespace:
             if fh is not None:
                 self.reader.release(fh)
             fh = self._ino_handles[ino] = self.reader.open(mount.path, mount.backend, inner, meta.version, meta.size)
+            self.sweep.opened(mount, inner)
         return fh
 
     def release(self, fh: int) -> None:
@@ -334,6 +339,7 @@ class Namespace:
             "inodes": len(self.inodes),
             "requests": dict(sorted(self.requests.items())),
             "walk_ahead_listings": self.walk.listings,
+            "swept_files": self.sweep.files,
             **self.reader.stats(),
             "backends": {m.path: {"silo": m.backend.describe(), **dataclasses.asdict(m.backend.stats)}
                          for m in sorted(self.table.mounts, key=lambda m: m.path)},

@@ -167,6 +167,13 @@ class Reader:
                 self.prefetches += 1
                 self._nursery.start_soon(self._prefetch, h, i)
 
+    async def fetch_whole(self, mount: str, backend: Backend, path: str, version: str, size: int) -> None:
+        """Bring a file of at most one block into the cache, as a prefetch (a failure is only logged)."""
+        try:
+            await self._block(ReadHandle(mount, backend, path, version, size), 0, prefetch=True)
+        except Exception as exc:
+            log.debug("fetch of %s failed: %s", path, exc)
+
     async def _prefetch(self, h: ReadHandle, index: int) -> None:
         try:
             await self._block(h, index, prefetch=True)

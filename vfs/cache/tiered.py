@@ -278,6 +278,11 @@ class BlockCache:
         if self.ssd is not None:
             self.ssd.close()
 
+    @property
+    def capacity(self) -> int:
+        """Bytes both tiers hold at most."""
+        return self.ram.capacity + (self.ssd.capacity if self.ssd is not None else 0)
+
     def stats(self) -> dict[str, dict]:
         out: dict[str, dict] = {"ram": _tier_stats(self.ram)}
         if self.ssd is not None and self.writer is not None:
