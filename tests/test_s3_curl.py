@@ -11,7 +11,6 @@ import errno
 import http.server
 import socket
 import threading
-from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest

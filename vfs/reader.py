@@ -169,18 +169,21 @@ class Reader:
 
     async def fetch_whole(self, mount: str, backend: Backend, path: str, version: str, size: int) -> None:
         """Bring a file of at most one block into the cache, as a prefetch (a failure is only logged)."""
-        try:
-            await self._block(ReadHandle(mount, backend, path, version, size), 0, prefetch=True)
-        except Exception as exc:
-            log.debug("fetch of %s failed: %s", path, exc)
+        await self._fetch(ReadHandle(mount, backend, path, version, size), 0)
 
     async def _prefetch(self, h: ReadHandle, index: int) -> None:
         try:
-            await self._block(h, index, prefetch=True)
-        except Exception as exc:  # it joined a reader's load that failed: that reader has the error
-            log.debug("prefetch of %s block %d failed: %s", h.path, index, exc)
+            await self._fetch(h, index)
         finally:
             self._prefetch_slots.release()
+
+    async def _fetch(self, h: ReadHandle, index: int) -> None:
+        """Load a block ahead of any reader; errors are the reader's to meet, here only logged (a
+        prefetch that joined a reader's failing load gets that reader's error)."""
+        try:
+            await self._block(h, index, prefetch=True)
+        except Exception as exc:
+            log.debug("prefetch of %s block %d failed: %s", h.path, index, exc)
 
     def stats(self) -> dict[str, object]:
         return {

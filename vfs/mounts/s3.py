@@ -7,7 +7,8 @@ user's existing AWS set-up just works.
 Directories are key prefixes: `list_dir` is a delimiter listing, paged; marker objects (`dir/`) make
 empty directories visible. A key that is also a prefix (`x` and `x/y`) is a directory; the object
 `x` is not shown. Version = ETag, and every ranged GET carries `If-Match: <etag>`, so bytes of two
-versions are never mixed (a changed object answers 412 -> ESTALE).
+versions are never mixed (a changed object answers 412 -> ESTALE). Block GETs go through libcurl
+(vfs/mounts/s3_curl.py); boto3 does everything else.
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ class S3Backend(Backend):
             self.stats.retries += retries
             return data
         try:  # keys with "." or ".." segments
-            resp = await self._call(self.client.get_object, path, read_body=True, Key=self._key(path),
+            resp = await self._call(self.client.get_object, path, read_body=True, Key=key,
                                     Range=f"bytes={start}-{end - 1}", IfMatch=version)
         except OSError as exc:
             if exc.errno == errno.EINVAL:  # InvalidRange: start is at or past the end of the object
