@@ -36,6 +36,11 @@ class Silo:
     """`[[mount]]` options (without `path`) that mount this silo in a config file."""
     rooted: Callable[[str], Backend] | None = None
     """A backend whose top is the directory `data` of the dataset (S3 prefix, NFS sub-path...)."""
+    fetch: Callable[[str], bytes | None] | None = None
+    """Read a file straight from the silo, behind the backend (None if it is not there)."""
+    small_parts: Callable[[], Backend] | None = None
+    """A backend for the same silo that uploads in the smallest parts/chunks the silo allows, so a
+    file of a few MiB goes up in several (multipart, resumable chunks)."""
 
 
 def _blob(n: int, seed: int) -> bytes:

@@ -1,8 +1,10 @@
 """The Backend protocol: what every silo (S3, GCS, NFS, Drive, a local directory, memory) offers.
 
 Small and mandatory: `stat`, `list_dir`, `read_range`. Paths are backend-relative, '/'-separated,
-with no leading slash; '' is the backend's root. Extras (writes, ...) are discovered with
-`hasattr`, never faked.
+with no leading slash; '' is the backend's root. A silo vfs can change is a `WritableBackend`
+(`write_file`, `delete`, `mkdir`, `rmdir`, `rename`, `set_mtime`); the core discovers that with
+`isinstance`, never by trying. Every call of either protocol is counted in `Backend.stats` by a
+wrapper that `__init_subclass__` puts around each implementation once, at class creation.
 
 Rules every implementation keeps (and the conformance suite in tests/ checks):
 - errors are OSError subclasses carrying an errno (`vfs.errors.SiloError`); never match on text;
@@ -11,6 +13,9 @@ Rules every implementation keeps (and the conformance suite in tests/ checks):
   is not shown (object stores only; README "Names that are both a file and a directory");
 - `version` changes whenever the bytes may have: `read_range(..., version)` of a path whose version
   is no longer `version` raises ESTALE rather than return bytes of another version;
+- every commit of a WritableBackend carries a precondition: `write_file(path, source, expected)`
+  succeeds only if the silo still holds version `expected` at `path` (None: nothing there), and
+  raises ESTALE otherwise, so a concurrent writer elsewhere is never silently overwritten;
 - the SDKs block, so their calls run in `trio.to_thread` under the backend's CapacityLimiter
   (`Backend.run_sync`); a blocking call on the trio thread would stall the whole mount.
 """
@@ -86,28 +91,34 @@ class BackendStats:
     """What a backend was asked and how it went, for `.vfs/stats`. Counted on the trio thread."""
 
     requests: int = 0
-    """Calls of stat, list_dir and read_range (one may cost several HTTP requests: pages, retries)."""
+    """Calls of the protocol (one may cost several HTTP requests: pages, parts, retries)."""
     errors: int = 0
     """Calls that failed, not counting the ordinary answers ENOENT and ENOTDIR."""
     bytes: int = 0
     """Bytes returned by read_range."""
+    written: int = 0
+    """Bytes committed by write_file."""
     retries: int = 0
     """Requests the backend (or its SDK) sent again after a throttle, timeout or server error."""
 
 
 # Failures that are ordinary answers, not errors of the silo.
-_ANSWERS = frozenset({errno.ENOENT, errno.ENOTDIR})
+_ANSWERS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY, errno.EXDEV})
+# The calls of both protocols, counted by the wrapper that Backend.__init_subclass__ installs.
+_COUNTED = ("stat", "list_dir", "read_range", "write_file", "delete", "mkdir", "rmdir", "rename", "set_mtime")
 
 
-def _counted(backend: "Backend", fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` (a bound method of `backend`) counted in `backend.stats`."""
-    stats = backend.stats
+def _counted(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` (a protocol method) counted in its backend's `stats`, once however often subclassed."""
+    if getattr(fn, "_counted", False):
+        return fn
 
     @functools.wraps(fn)
-    async def counted(*args: Any, **kwargs: Any) -> Any:
+    async def counted(backend: "Backend", *args: Any, **kwargs: Any) -> Any:
+        stats = backend.stats
         stats.requests += 1
         try:
-            out = await fn(*args, **kwargs)
+            out = await fn(backend, *args, **kwargs)
         except OSError as exc:
             if exc.errno not in _ANSWERS:
                 stats.errors += 1
@@ -118,8 +129,11 @@ def _counted(backend: "Backend", fn: Callable[..., Any]) -> Callable[..., Any]:
             raise
         if isinstance(out, bytes):
             stats.bytes += len(out)
+        elif fn.__name__ == "write_file":
+            stats.written += out.size
         return out
 
+    counted._counted = True  # type: ignore[attr-defined]
     return counted
 
 
@@ -131,12 +145,17 @@ class Backend(abc.ABC):
     Options: ClassVar[type[BaseOptions]]
     """Frozen dataclass of this backend's options; config validates entries against its fields."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in _COUNTED:  # every call counted, once, whatever the subclass overrides
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "__isabstractmethod__", False):
+                setattr(cls, name, _counted(fn))
+
     def __init__(self, options: BaseOptions) -> None:
         self.options = options
         self.limiter = trio.CapacityLimiter(options.concurrency)
         self.stats = BackendStats()
-        for name in ("stat", "list_dir", "read_range"):  # every call counted, once, whatever the subclass
-            setattr(self, name, _counted(self, getattr(self, name)))
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
@@ -165,3 +184,53 @@ class Backend(abc.ABC):
     async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking SDK call in a worker thread under this backend's limiter."""
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self.limiter)
+
+
+# Keys a directory rename on an object store may copy (and then delete) one by one; beyond it the
+# rename fails with EXDEV before changing anything, and `mv` falls back to copying file by file.
+DEFAULT_RENAME_LIMIT = 1000
+
+
+class WritableBackend(Backend):
+    """A silo vfs can change. Paths as in Backend; the parent of a path written is a directory that
+    exists (the core checks it first), except that object stores need none.
+
+    Errors: ENOENT (no such path), EEXIST, ENOTEMPTY, ENOTDIR, EISDIR as POSIX means them; ESTALE
+    when a precondition no longer holds; EXDEV for a directory rename an object store will not do.
+    """
+
+    atomic_dir_rename: ClassVar[bool] = False
+    """True where renaming a directory is one atomic call of the silo (local, NFS, Drive); object
+    stores copy and delete each key below it instead (see `rename`)."""
+
+    @abc.abstractmethod
+    async def write_file(self, path: str, source: str, expected: str | None, mtime_ns: int | None = None) -> ObjectMeta:
+        """Make `path` hold the bytes of the local file `source`, in one step readers cannot see half
+        of, and only if the silo still holds version `expected` there (None: nothing may be there).
+        ESTALE otherwise, and the silo keeps what it had. `mtime_ns` is stored where the silo keeps a
+        modification time (returned by `stat`; listings of S3 show the upload time). Large files go up
+        in parts or resumably, never whole in memory. Returns the new file's metadata."""
+
+    @abc.abstractmethod
+    async def delete(self, path: str) -> None:
+        """Remove the file at `path`; ENOENT if there is none, EISDIR for a directory."""
+
+    @abc.abstractmethod
+    async def mkdir(self, path: str) -> None:
+        """Create an empty directory (a marker object on object stores); EEXIST if the name is taken."""
+
+    @abc.abstractmethod
+    async def rmdir(self, path: str) -> None:
+        """Remove an empty directory; ENOTEMPTY if it holds anything, ENOTDIR for a file, ENOENT."""
+
+    @abc.abstractmethod
+    async def rename(self, src: str, dst: str, *, replace: bool = True, limit: int = DEFAULT_RENAME_LIMIT) -> None:
+        """Move a file or a directory. A file replaces a file at `dst` unless `replace` is False
+        (EEXIST); a directory may replace only an empty directory (else ENOTEMPTY). Object stores move
+        a directory key by key (copy, then delete the source); more than `limit` keys: EXDEV, with
+        nothing changed. ENOENT if `src` is missing."""
+
+    @abc.abstractmethod
+    async def set_mtime(self, path: str, mtime_ns: int) -> ObjectMeta:
+        """Store a file's modification time (utime); returns its metadata afterwards (the version
+        may change: S3 and GCS rewrite the object's metadata)."""
