@@ -254,7 +254,7 @@ def test_getattr_of_a_path_that_changed_kind_is_estale() -> None:
 
     async def main() -> None:
         x = await walk(ns, "/m/x")
-        backend.delete("x")
+        backend.remove("x")
         backend.put("x/child", b"now a dir")
         clock.advance(TTL + 1)
         with pytest.raises(OSError) as info:
@@ -286,7 +286,7 @@ def test_readdir_dot_dotdot_offsets_and_resume_from_any_offset() -> None:
         by_name = {n: e for n, e, _ in full}
         assert by_name["c"].is_dir and not by_name["a"].is_dir and by_name["b"].size == 1
         backend.put("dir/0-new", b"n")  # the handle keeps its snapshot: offsets stay stable
-        backend.delete("dir/a")
+        backend.remove("dir/a")
         for start in range(len(full) + 2):
             assert [(n, o) for n, _, o in listing(ns, fh, start)] == [(n, o) for n, _, o in full[start:]]
         ns.releasedir(fh)

@@ -17,4 +17,9 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
         backend.put(key, data)
     for d in empty_dirs:
         backend.put(d + "/", b"")
-    yield Silo(backend=backend, flat_keys=True, replace=backend.put)
+
+    def fetch(path: str) -> bytes | None:
+        found = backend.objects.get(path)
+        return found[0] if found else None
+
+    yield Silo(backend=backend, flat_keys=True, replace=backend.put, fetch=fetch)
