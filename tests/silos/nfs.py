@@ -5,8 +5,9 @@ Ganesha runs in the foreground (-F) with its config, pid file, log and NFSv4 rec
 under tmp; it is stopped by pid. Its FSAL VFS opens files by handle (open_by_handle_at needs
 CAP_DAC_READ_SEARCH), so it must run as root, as the tests do in CI. Ganesha's own caches are
 turned off (Attr_Expiration_Time = 0) because `replace` writes straight into the exported directory,
-behind the server's back. The export root is mode 0700, so `denied` (AUTH_SYS uid/gid 65534) is
-refused by the server itself: a real NFS4ERR_ACCESS.
+behind the server's back. The export is read-write (the writable suite); `fetch` reads the exported
+directory on disk. The export root is mode 0700, so `denied` (AUTH_SYS uid/gid 65534) is refused by
+the server itself: a real NFS4ERR_ACCESS.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ EXPORT {{
     Export_Id = 1;
     Path = "{root}";
     Pseudo = {pseudo};
-    Access_Type = RO;
+    Access_Type = RW;
     Squash = No_Root_Squash;
     Protocols = 4;
     Transports = TCP;
@@ -79,6 +80,14 @@ def _wait_mountable(backend: NFSBackend) -> None:
             last = exc
         time.sleep(MOUNT_RETRY_DELAY)
     raise TimeoutError(f"ganesha listens but {backend.describe()} cannot be mounted: {last}")
+
+
+def _fetch(root: Path, path: str) -> bytes | None:
+    """A file's bytes read straight from the exported directory, behind ganesha."""
+    try:
+        return (root / path).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 @contextlib.contextmanager
@@ -116,6 +125,7 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
                 denied=denied,
                 mount_options={"backend": "nfs", "url": url},
                 rooted=lambda sub: NFSBackend(NFSOptions(url=url.replace("?", f"/{sub}?", 1))),
+                fetch=functools.partial(_fetch, root),
             )
         finally:
             trio.run(backend.aclose)

@@ -27,6 +27,29 @@ into a SiloError once, here at the edge. libnfs' message text is kept for humans
 Version = f"{mtime_ns}:{size}" as for a local directory; `read_range` compares it with an fstat of the
 opened file and raises ESTALE when it moved. Reads are split into pieces of at most READ_CHUNK.
 Symlinks are followed (within the export); sockets, FIFOs and devices are left out of listings.
+
+Writes (WritableBackend; a directory rename is one RENAME, so atomic_dir_rename). `write_file` creates
+".vfs-tmp-<random>" exclusively next to the target (listings hide such names; a crash or a broken
+connection can leave one behind), writes it in pieces (WRITE_CHUNK; 3.5 KiB over NFSv4 with libnfs 4.0, see
+WRITE_CHUNK_V4_LIBNFS13), fsyncs it (COMMIT), sets its times, then puts it in place:
+- expected None: LINK to the target name, which the server refuses (EEXIST -> ESTALE) if the name is
+  taken, in the same call: exact. Then the temporary name is removed. A server without hard links
+  gets the stat-then-RENAME of the next case instead.
+- expected a version: stat the target, compare, RENAME over it. A writer elsewhere that replaces the
+  target between that stat and the RENAME (one round trip) is overwritten: NFS has no conditional
+  rename. The target is also checked before any byte is sent, so a stale write fails early.
+A replaced file keeps its permission bits; the owner is the credential of the URL (uid=, gid=).
+mtimes are stored to the microsecond (libnfs' utimes takes a struct timeval); the ObjectMeta returned
+is the server's stat of what was written, so it says what was kept.
+
+Other windows of the same kind, each a stat then the call: NFSv4 REMOVE deletes files and directories
+alike, so `delete` (EISDIR) and `rmdir` (ENOTDIR) look at the type first; `rename(replace=False)`
+checks the target is absent (EEXIST) first. Everything else is the server's own answer: EEXIST from
+mkdir, ENOTEMPTY from RMDIR and from RENAME of a directory onto a non-empty one.
+
+A failure that breaks the connection is retried once on a new context (see Threads). For a change
+whose reply was lost on the way back this can misreport (mkdir EEXIST, delete ENOENT, write_file
+ESTALE although it landed); libnfs gives no way to tell that case apart.
 """
 
 from __future__ import annotations
@@ -40,11 +63,14 @@ import secrets
 import socket
 import stat as st
 import threading
+import time
 from typing import Any, Callable, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from vfs.errors import RETRYABLE_ERRNOS, SiloError
-from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, join, not_a_directory, stale, valid_name
+from vfs.mounts.base import (
+    DEFAULT_RENAME_LIMIT, BaseOptions, ObjectMeta, WritableBackend, join, not_a_directory, stale, valid_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +81,34 @@ T = TypeVar("T")
 # here with an 8 MiB pread against ganesha 4.3), so bigger ranges are read as several preads.
 READ_CHUNK = 1024 * 1024
 
+# Largest single WRITE sent. libnfs 4.0 encodes an NFSv4 COMPOUND into a fixed 4096-byte buffer
+# (ZDR_ENCODEBUF_MINSIZE; 5.0 sizes it to the payload), so a bigger pwrite fails to encode ("ZDR error",
+# -1 = EPERM). 4096 less the RPC/COMPOUND header (152 bytes here, with a 24-byte ganesha handle) less
+# NFS4_FHSIZE (128), rounded down: 3.5 KiB fits any server's file handle. NFSv3, and libnfs 5, take
+# WRITE_CHUNK; libnfs splits NFSv3 writes at the server's wtmax itself.
+WRITE_CHUNK = 1024 * 1024
+WRITE_CHUNK_V4_LIBNFS13 = 3584
+
+# Temporary files write_file creates next to their target, hidden from listings.
+TMP_PREFIX = ".vfs-tmp-"
+FILE_MODE = 0o644  # a new file's permissions (a replaced file keeps its own)
+DIR_MODE = 0o755
+
 # libnfs sonames with the pre-6.0 API this binding declares (13 = libnfs 4.0 on Debian 12, tested here;
 # 14 = libnfs 5.x, same header API, untested).
 SONAMES = ("libnfs.so.13", "libnfs.so.14")
 
 # errnos that mean "the server answered": the context is still good and the errno is the answer.
 # Anything else (libnfs reports a broken connection as EIO "nfs_service failed") retires the context.
+# (libnfs 4.0 reports NFS4ERR_DQUOT, and any status it does not know, as ERANGE.)
 ANSWERS = frozenset({
     errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ESTALE,
     errno.ENAMETOOLONG, errno.ELOOP, errno.EINVAL, errno.EROFS, errno.EFBIG,
+    errno.EEXIST, errno.ENOTEMPTY, errno.EXDEV, errno.EMLINK, errno.ENOSPC, errno.EDQUOT, errno.ERANGE,
+    errno.EOPNOTSUPP,
 })
+# What a server without hard links answers LINK with (NFS4ERR_NOTSUPP is EINVAL in libnfs 4.0).
+NO_LINKS = frozenset({errno.EPERM, errno.EINVAL, errno.EMLINK, errno.EOPNOTSUPP, errno.EXDEV})
 
 # NFS file types (ftype3/nfs_ftype4 share these numbers) for a dirent whose mode lacks S_IFMT bits.
 _FTYPE_MODE = {1: st.S_IFREG, 2: st.S_IFDIR, 5: st.S_IFLNK}
@@ -101,11 +145,11 @@ _Dirent._fields_ = [
 ]
 
 
-def _load() -> ctypes.CDLL:
+def _load() -> tuple[ctypes.CDLL, str]:
     errors = []
-    for name in SONAMES:
+    for soname in SONAMES:
         try:
-            lib = ctypes.CDLL(name)  # CDLL (not PyDLL): the GIL is released during each call
+            lib = ctypes.CDLL(soname)  # CDLL (not PyDLL): the GIL is released during each call
             break
         except OSError as exc:
             errors.append(str(exc))
@@ -133,15 +177,27 @@ def _load() -> ctypes.CDLL:
         "nfs_opendir": (i, [vp, cp, ctypes.POINTER(vp)]),
         "nfs_readdir": (ctypes.POINTER(_Dirent), [vp, vp]),
         "nfs_closedir": (None, [vp, vp]),
+        # writes (WritableBackend)
+        "nfs_lstat64": (i, [vp, cp, ctypes.POINTER(_Stat64)]),
+        "nfs_create": (i, [vp, cp, i, i, ctypes.POINTER(vp)]),
+        "nfs_pwrite": (i, [vp, vp, ctypes.c_uint64, ctypes.c_uint64, vp]),
+        "nfs_fsync": (i, [vp, vp]),
+        "nfs_ftruncate": (i, [vp, vp, ctypes.c_uint64]),
+        "nfs_utimes": (i, [vp, cp, ctypes.POINTER(_Timeval)]),
+        "nfs_link": (i, [vp, cp, cp]),
+        "nfs_rename": (i, [vp, cp, cp]),
+        "nfs_unlink": (i, [vp, cp]),
+        "nfs_mkdir2": (i, [vp, cp, i]),
+        "nfs_rmdir": (i, [vp, cp]),
     }
     for fname, (restype, argtypes) in signatures.items():
         fn = getattr(lib, fname)
         fn.restype, fn.argtypes = restype, argtypes
-    return lib
+    return lib, soname
 
 
 # Loaded at import, so a missing libnfs shows when the config is checked (vfs.config catches ImportError).
-_lib = _load()
+_lib, _soname = _load()
 
 
 # --- contexts ---------------------------------------------------------------------------------
@@ -293,9 +349,21 @@ def _stat_meta(path: str, s: _Stat64) -> ObjectMeta | None:
     return _meta(path, s.mode, s.size, s.mtime * 1_000_000_000 + s.mtime_nsec)
 
 
-class NFSBackend(Backend):
+def _timeval(ns: int) -> _Timeval:
+    """A timestamp as NFS SETATTR takes it from libnfs: microseconds (below that is dropped)."""
+    sec, rest = divmod(ns, 1_000_000_000)
+    return _Timeval(sec, rest // 1000)
+
+
+def _nfs_version(url: str) -> int:
+    """The NFS version a libnfs URL asks for (libnfs' default is 3)."""
+    return int(parse_qs(urlsplit(url).query).get("version", ["3"])[-1])
+
+
+class NFSBackend(WritableBackend):
     scheme = "nfs"
     Options = NFSOptions
+    atomic_dir_rename = True
 
     def __init__(self, options: NFSOptions) -> None:
         parts = urlsplit(options.url)
@@ -304,6 +372,8 @@ class NFSBackend(Backend):
         super().__init__(options)
         self.url = options.url
         self.pool = _Pool(options.url, max(1, int(options.timeout * 1000)))
+        v4_small = _nfs_version(options.url) == 4 and _soname == "libnfs.so.13"
+        self.write_chunk = WRITE_CHUNK_V4_LIBNFS13 if v4_small else WRITE_CHUNK
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:
@@ -318,10 +388,14 @@ class NFSBackend(Backend):
 
     # Each of these runs in a worker thread, on a borrowed context.
 
-    def _stat(self, ctx: _Context, path: str) -> ObjectMeta:
+    def _stat64(self, ctx: _Context, path: str, *, follow: bool = True) -> _Stat64:
         s = _Stat64()
-        ctx.check(ctx.lib.nfs_stat64(ctx.ctx, self._nfs_path(path), ctypes.byref(s)), f"stat {path!r}")
-        meta = _stat_meta(path, s)
+        call = ctx.lib.nfs_stat64 if follow else ctx.lib.nfs_lstat64
+        ctx.check(call(ctx.ctx, self._nfs_path(path), ctypes.byref(s)), f"stat {path!r}")
+        return s
+
+    def _stat(self, ctx: _Context, path: str) -> ObjectMeta:
+        meta = _stat_meta(path, self._stat64(ctx, path))
         if meta is None:
             raise SiloError(errno.ENOENT, f"{self.url} {path!r} is not a regular file or directory")
         return meta
@@ -334,7 +408,7 @@ class NFSBackend(Backend):
             while ent := ctx.lib.nfs_readdir(ctx.ctx, handle):
                 e = ent.contents
                 name = os.fsdecode(e.name)
-                if valid_name(name):
+                if valid_name(name) and not name.startswith(TMP_PREFIX):
                     mtime_ns = e.mtime.tv_sec * 1_000_000_000 + e.mtime_nsec
                     entries.append((name, _mode_of(e.mode, e.type), e.size, mtime_ns))
         finally:
@@ -380,6 +454,127 @@ class NFSBackend(Backend):
         finally:
             ctx.lib.nfs_close(ctx.ctx, fh)
 
+    # Writes.
+
+    def _lookup(self, ctx: _Context, path: str) -> _Stat64 | None:
+        """The stat of `path`, None if nothing is there."""
+        try:
+            return self._stat64(ctx, path)
+        except _NFSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+
+    def _holds(self, ctx: _Context, path: str, expected: str | None) -> _Stat64 | None:
+        """The stat of `path` if it holds version `expected` (None: nothing there); else ESTALE."""
+        s = self._lookup(ctx, path)
+        if s is None:
+            held = None
+        else:
+            meta = _stat_meta(path, s)
+            held = meta.version if meta is not None and not meta.is_dir else "not a regular file"
+        if held != expected:
+            raise stale(path)
+        return s
+
+    def _upload(self, ctx: _Context, tmp: str, source: str, mode: int) -> None:
+        """Create `tmp` (exclusively) holding the bytes of the local file `source`, on stable storage."""
+        fh = ctypes.c_void_p()
+        path = self._nfs_path(tmp)
+        ctx.check(ctx.lib.nfs_create(ctx.ctx, path, os.O_WRONLY | os.O_EXCL, mode, ctypes.byref(fh)), f"create {tmp!r}")
+        try:
+            buf = bytearray(self.write_chunk)
+            offset = 0
+            with open(source, "rb", buffering=0) as f:
+                while n := f.readinto(buf):
+                    done = 0
+                    while done < n:
+                        piece = (ctypes.c_char * (n - done)).from_buffer(buf, done)
+                        done += ctx.check(ctx.lib.nfs_pwrite(ctx.ctx, fh, offset + done, n - done, piece), f"write {tmp!r}")
+                        del piece
+                    offset += n
+            ctx.check(ctx.lib.nfs_fsync(ctx.ctx, fh), f"fsync {tmp!r}")
+        finally:
+            ctx.lib.nfs_close(ctx.ctx, fh)
+
+    def _utimes(self, ctx: _Context, path: str, atime_ns: int, mtime_ns: int) -> None:
+        times = (_Timeval * 2)(_timeval(atime_ns), _timeval(mtime_ns))
+        ctx.check(ctx.lib.nfs_utimes(ctx.ctx, self._nfs_path(path), times), f"utimes {path!r}")
+
+    def _write(self, ctx: _Context, path: str, source: str, expected: str | None, mtime_ns: int | None) -> ObjectMeta:
+        before = self._holds(ctx, path, expected)  # fail before sending any byte
+        mode = st.S_IMODE(before.mode) if before is not None else FILE_MODE
+        parent = path.rpartition("/")[0]
+        tmp = join(parent, f"{TMP_PREFIX}{secrets.token_hex(8)}")
+        placed = False
+        try:
+            self._upload(ctx, tmp, source, mode)
+            # Always set: an exclusive create (EXCLUSIVE4) leaves the verifier in atime/mtime, and an
+            # empty file gets no WRITE that would replace it.
+            now = time.time_ns()
+            self._utimes(ctx, tmp, now, now if mtime_ns is None else mtime_ns)
+            s = self._stat64(ctx, tmp)
+            written_ns = s.mtime * 1_000_000_000 + s.mtime_nsec
+            meta = ObjectMeta(path, False, s.size, written_ns, f"{written_ns}:{s.size}")
+            if expected is None and self._link(ctx, tmp, path):
+                placed = True
+                self._remove_quietly(ctx, tmp)
+                return meta
+            self._holds(ctx, path, expected)
+            ctx.check(ctx.lib.nfs_rename(ctx.ctx, self._nfs_path(tmp), self._nfs_path(path)), f"rename to {path!r}")
+            placed = True
+            return meta
+        finally:
+            if not placed:
+                self._remove_quietly(ctx, tmp)
+
+    def _link(self, ctx: _Context, tmp: str, path: str) -> bool:
+        """Give `tmp` the name `path` only if that name is free (ESTALE if taken), in one call of the
+        server; False if the server has no hard links, and nothing was done."""
+        try:
+            ctx.check(ctx.lib.nfs_link(ctx.ctx, self._nfs_path(tmp), self._nfs_path(path)), f"link to {path!r}")
+        except _NFSError as exc:
+            if exc.errno == errno.EEXIST:
+                raise stale(path) from None
+            if exc.errno in NO_LINKS:
+                return False
+            raise
+        return True
+
+    def _remove_quietly(self, ctx: _Context, tmp: str) -> None:
+        ret = ctx.lib.nfs_unlink(ctx.ctx, self._nfs_path(tmp))
+        if ret < 0 and -ret != errno.ENOENT:
+            log.warning("nfs: %s: could not remove %r (%s); it stays, hidden from listings", self.url, tmp, ctx.error())
+
+    def _delete(self, ctx: _Context, path: str) -> None:
+        # NFSv4 REMOVE takes files and directories alike: look first.
+        if st.S_ISDIR(self._stat64(ctx, path, follow=False).mode):
+            raise SiloError(errno.EISDIR, f"delete {path!r}: a directory")
+        ctx.check(ctx.lib.nfs_unlink(ctx.ctx, self._nfs_path(path)), f"delete {path!r}")
+
+    def _rmdir(self, ctx: _Context, path: str) -> None:
+        if not st.S_ISDIR(self._stat64(ctx, path, follow=False).mode):
+            raise not_a_directory(path)
+        ctx.check(ctx.lib.nfs_rmdir(ctx.ctx, self._nfs_path(path)), f"rmdir {path!r}")
+
+    def _rename(self, ctx: _Context, src: str, dst: str, replace: bool) -> None:
+        if not replace:
+            try:
+                self._stat64(ctx, dst, follow=False)
+            except _NFSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+            else:
+                raise SiloError(errno.EEXIST, f"rename to {dst!r}: taken")
+        ctx.check(ctx.lib.nfs_rename(ctx.ctx, self._nfs_path(src), self._nfs_path(dst)), f"rename {src!r} to {dst!r}")
+
+    def _set_mtime(self, ctx: _Context, path: str, mtime_ns: int) -> ObjectMeta:
+        s = self._stat64(ctx, path)
+        self._utimes(ctx, path, s.atime * 1_000_000_000 + s.atime_nsec, mtime_ns)
+        return self._stat(ctx, path)
+
+    # The protocol.
+
     async def stat(self, path: str) -> ObjectMeta:
         return await self.run_sync(self.pool.call, lambda ctx: self._stat(ctx, path))
 
@@ -391,6 +586,25 @@ class NFSBackend(Backend):
 
     async def read_range(self, path: str, start: int, end: int, version: str) -> bytes:
         return await self.run_sync(self.pool.call, lambda ctx: self._read(ctx, path, start, end, version))
+
+    async def write_file(self, path: str, source: str, expected: str | None, mtime_ns: int | None = None) -> ObjectMeta:
+        return await self.run_sync(self.pool.call, lambda ctx: self._write(ctx, path, source, expected, mtime_ns))
+
+    async def delete(self, path: str) -> None:
+        await self.run_sync(self.pool.call, lambda ctx: self._delete(ctx, path))
+
+    async def mkdir(self, path: str) -> None:
+        await self.run_sync(self.pool.call, lambda ctx: ctx.check(
+            ctx.lib.nfs_mkdir2(ctx.ctx, self._nfs_path(path), DIR_MODE), f"mkdir {path!r}"))
+
+    async def rmdir(self, path: str) -> None:
+        await self.run_sync(self.pool.call, lambda ctx: self._rmdir(ctx, path))
+
+    async def rename(self, src: str, dst: str, *, replace: bool = True, limit: int = DEFAULT_RENAME_LIMIT) -> None:
+        await self.run_sync(self.pool.call, lambda ctx: self._rename(ctx, src, dst, replace))
+
+    async def set_mtime(self, path: str, mtime_ns: int) -> ObjectMeta:
+        return await self.run_sync(self.pool.call, lambda ctx: self._set_mtime(ctx, path, mtime_ns))
 
     async def aclose(self) -> None:
         await self.run_sync(self.pool.close)
