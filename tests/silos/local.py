@@ -30,6 +30,11 @@ def replace_file(root: Path, path: str, data: bytes) -> None:
         os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
 
 
+def fetch(root: Path, path: str) -> bytes | None:
+    p = root / path
+    return p.read_bytes() if p.is_file() else None
+
+
 @contextlib.contextmanager
 def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowed: dict[str, bytes]) -> Iterator[Silo]:
     root = tmp / "local-silo"
@@ -42,4 +47,5 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
         replace=functools.partial(replace_file, root),
         mount_options={"backend": "local", "root": str(root)},
         rooted=lambda sub: LocalBackend(LocalOptions(root=str(root / sub))),
+        fetch=functools.partial(fetch, root),
     )
