@@ -14,7 +14,7 @@ import boto3
 
 from tests.servers import HOST, free_port, server
 from tests.silos import PAGE_SIZE, Silo
-from vfs.mounts.s3 import S3Backend, S3Options
+from vfs.mounts.s3 import MIN_PART_SIZE, S3Backend, S3Options
 
 BUCKET = "vfs-test"
 REGION = "us-east-1"
@@ -86,6 +86,13 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
         def replace(path: str, data: bytes) -> None:
             client.put_object(Bucket=BUCKET, Key=path, Body=data)
 
+        def fetch(path: str) -> bytes | None:
+            try:
+                with client.get_object(Bucket=BUCKET, Key=path)["Body"] as body:
+                    return body.read()
+            except client.exceptions.NoSuchKey:
+                return None
+
         def denied() -> S3Backend:
             return S3Backend(S3Options(bucket=BUCKET, endpoint_url=guarded.endpoint, region=REGION,
                                        access_key_id="AKIAREFUSED", secret_access_key="refused", max_attempts=1))
@@ -97,4 +104,6 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
             denied=denied,
             mount_options=moto.options(bucket=BUCKET),
             rooted=lambda sub: moto.backend(BUCKET, prefix=sub),
+            fetch=fetch,
+            small_parts=lambda: moto.backend(BUCKET, part_size=MIN_PART_SIZE),
         )

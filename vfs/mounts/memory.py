@@ -3,7 +3,8 @@
 Keys are flat like S3's: directories exist only as prefixes of keys or as marker keys ending in '/'.
 Writable like S3 too: `mkdir` writes the marker `dir/`, `rmdir` deletes it, a directory rename moves
 every key below it one by one (vfs/mounts/flat.py `move_dir`, EXDEV over `limit` keys), a file rename
-is a copy then a delete; `set_mtime` of a directory changes nothing (a prefix has no time). Versions are `v1`, `v2`... from one counter, so a version is never reused.
+is a copy then a delete; `set_mtime` of a directory changes nothing (a prefix has no time).
+Versions are `v1`, `v2`... from one counter, so a version is never reused.
 `put` and `remove` change the store behind the protocol's back (as another writer would).
 """
 

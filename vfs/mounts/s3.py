@@ -9,14 +9,34 @@ empty directories visible. A key that is also a prefix (`x` and `x/y`) is a dire
 `x` is not shown. Version = ETag, and every ranged GET carries `If-Match: <etag>`, so bytes of two
 versions are never mixed (a changed object answers 412 -> ESTALE). Block GETs go through libcurl
 (vfs/mounts/s3_curl.py); boto3 does everything else.
+
+Writes carry their precondition to the server: PutObject with `If-None-Match: *` (create) or
+`If-Match: <etag>` (replace) up to `part_size`; larger files go up as a multipart upload, parts of
+`part_size` (grown so no file needs more than 10,000) sent `upload_concurrency` at a time, each read
+from the source at its offset (memory: parts in flight), then CompleteMultipartUpload with the same
+header; any failure aborts the upload. 412 -> ESTALE; 409 ConditionalRequestConflict (another
+conditional write racing ours) is retried a few times. Servers that ignore If-Match on
+CompleteMultipartUpload (moto does) are covered by a HEAD just before the complete; between the two a
+concurrent replacement can still be overwritten. The mtime lives in user metadata `mtime` as rclone
+writes it (seconds with up to 9 decimals, so nanoseconds survive; rclone reads ours and we read its):
+`stat` (HEAD) returns it, listings cannot (they carry LastModified, the upload time).
+`set_mtime` is a CopyObject of the object onto itself (MetadataDirective REPLACE, CopySourceIfMatch).
+Directories: `mkdir` writes the marker `dir/` (If-None-Match), `rmdir` deletes it when nothing else is
+below, a directory rename copies then deletes every key below it (vfs/mounts/flat.py `move_dir`,
+EXDEV over `limit` keys). CopyObject stops at 5 GiB and UploadPartCopy is not used, so renaming or
+touching an object larger than that fails with EFBIG.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import decimal
 import email.utils
 import errno
+import os
+import time
 from typing import Any, Callable
 
 import boto3
@@ -24,12 +44,23 @@ import botocore.config
 import botocore.exceptions
 import botocore.handlers
 import botocore.httpsession
+import trio
 from botocore import UNSIGNED
 
 from vfs.errors import SiloError, silo_error
-from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, join
-from vfs.mounts.flat import Level, stat_prefix_or_object
+from vfs.mounts.base import (DEFAULT_RENAME_LIMIT, BaseOptions, ObjectMeta, WritableBackend, join, not_a_directory,
+                             not_found, stale)
+from vfs.mounts.flat import Level, for_each, move_dir, stat_prefix_or_object
 from vfs.mounts.s3_curl import CurlGetter
+
+MIB = 1 << 20
+MIN_PART_SIZE = 5 * MIB  # S3's smallest part (all but the last)
+MAX_PARTS = 10_000  # S3's most parts in one upload
+MAX_COPY_SIZE = 5 << 30  # CopyObject's largest source
+CONFLICT_ATTEMPTS = 4  # tries of a conditional commit that meets 409 ConditionalRequestConflict
+# Headers a metadata-replacing CopyObject would otherwise reset; HEAD returns each under the same name.
+KEPT_ON_COPY = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage",
+                "StorageClass", "ServerSideEncryption", "SSEKMSKeyId")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +78,8 @@ class S3Options(BaseOptions):
     max_attempts: int = 5  # boto3 "standard" retry mode: throttling, 5xx and connection errors
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    part_size: int = 8 * MIB  # files up to this go up in one PUT; larger ones in parts this big (at least)
+    upload_concurrency: int = 4  # parts of one file in flight at once
 
 
 def mtime_ns(value: str | datetime.datetime) -> int:
@@ -57,6 +90,30 @@ def mtime_ns(value: str | datetime.datetime) -> int:
         except ValueError:
             value = email.utils.parsedate_to_datetime(value)
     return int(value.timestamp() * 1e9)
+
+
+def mtime_text(ns: int) -> str:
+    """An mtime as rclone stores it in `mtime` metadata: seconds, '.' and up to 9 digits, exact."""
+    sign, ns = ("-", -ns) if ns < 0 else ("", ns)
+    seconds, frac = divmod(ns, 10**9)
+    return f"{sign}{seconds}" + (f".{frac:09d}".rstrip("0") if frac else "")
+
+
+def mtime_from_text(text: str) -> int | None:
+    """Nanoseconds of an `mtime` metadata value (rclone's form); None if it is not a number."""
+    try:
+        value = decimal.Decimal(text.strip())
+    except decimal.InvalidOperation:
+        return None
+    return int(value.scaleb(9).to_integral_value()) if value.is_finite() else None
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind an OSError that `_call` translated (None if there was none)."""
+    cause = exc.__cause__
+    if isinstance(cause, botocore.exceptions.ClientError):
+        return cause.response.get("Error", {}).get("Code")
+    return None
 
 
 def translate(exc: Exception, what: str) -> OSError:
@@ -80,11 +137,15 @@ def translate(exc: Exception, what: str) -> OSError:
     return SiloError(errno.EIO, f"{what}: {type(exc).__name__}: {exc}")
 
 
-class S3Backend(Backend):
+class S3Backend(WritableBackend):
     scheme = "s3"
     Options = S3Options
 
     def __init__(self, options: S3Options) -> None:
+        if options.part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size {options.part_size} is below S3's minimum of {MIN_PART_SIZE} (5 MiB)")
+        if options.upload_concurrency < 1:
+            raise ValueError("upload_concurrency must be at least 1")
         super().__init__(options)
         self.o = options
         self.prefix = options.prefix.strip("/")
@@ -107,8 +168,13 @@ class S3Backend(Backend):
         session._session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
         self.client = session.client("s3", endpoint_url=options.endpoint_url, config=config)
         # botocore parses every XML body once more looking for an error sent with status 200, which
-        # only CopyObject/CompleteMultipartUpload do; none of our calls can (1.9 of ~11 ms a page).
+        # only CopyObject/CompleteMultipartUpload do (1.9 of ~11 ms a listing page): kept for those.
         self.client.meta.events.unregister("before-parse.s3.*", botocore.handlers._handle_200_error)
+        for op in ("CopyObject", "CompleteMultipartUpload", "UploadPartCopy"):
+            self.client.meta.events.register_first(f"before-parse.s3.{op}", botocore.handlers._handle_200_error)
+        # Parts carry a CRC32 the complete repeats, as boto3's own transfers do, unless checksums are off.
+        checksums = self.client.meta.config.request_checksum_calculation == "when_supported"
+        self.checksum: dict[str, str] = {"ChecksumAlgorithm": "CRC32"} if checksums else {}
         # Block reads go through libcurl (vfs/mounts/s3_curl.py) to URLs that botocore itself makes
         # (endpoint, region, addressing style), presigned by an unsigned twin of the client.
         unsigned = session.client("s3", endpoint_url=options.endpoint_url,
@@ -133,6 +199,9 @@ class S3Backend(Backend):
     def _key(self, path: str) -> str:
         return join(self.prefix, path) if path else self.prefix
 
+    def _what(self, path: str) -> str:
+        return f"{self.describe()}/{path}"
+
     async def _call(self, op: Callable[..., dict], what: str, read_body: bool = False, **kwargs: Any) -> dict:
         def call() -> dict:
             resp = op(Bucket=self.o.bucket, **kwargs)
@@ -151,25 +220,28 @@ class S3Backend(Backend):
         return resp
 
     def _meta(self, path: str, obj: dict) -> ObjectMeta:
-        return ObjectMeta(
-            path,
-            False,
-            int(obj.get("Size", obj.get("ContentLength", 0))),
-            mtime_ns(obj["LastModified"]) if "LastModified" in obj else None,
-            obj.get("ETag", ""),
-        )
+        """Metadata from a listing entry or a HEAD; HEAD's `mtime` user metadata wins over LastModified."""
+        stored = obj.get("Metadata", {}).get("mtime")
+        mtime = mtime_from_text(stored) if stored is not None else None
+        if mtime is None and "LastModified" in obj:
+            mtime = mtime_ns(obj["LastModified"])
+        return ObjectMeta(path, False, int(obj.get("Size", obj.get("ContentLength", 0))), mtime, obj.get("ETag", ""))
 
     async def _is_prefix(self, path: str) -> bool:
         page = await self._call(self.client.list_objects_v2, path, Prefix=self._key(path) + "/", MaxKeys=1)
         return page.get("KeyCount", 0) > 0
 
-    async def _head(self, path: str) -> ObjectMeta | None:
+    async def _head_raw(self, path: str) -> dict | None:
         try:
-            return self._meta(path, await self._call(self.client.head_object, path, Key=self._key(path)))
+            return await self._call(self.client.head_object, path, Key=self._key(path))
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return None
             raise
+
+    async def _head(self, path: str) -> ObjectMeta | None:
+        resp = await self._head_raw(path)
+        return None if resp is None else self._meta(path, resp)
 
     async def stat(self, path: str) -> ObjectMeta:
         return await stat_prefix_or_object(path, f"{self.describe()}/{path}", self._is_prefix, self._head)
@@ -204,3 +276,211 @@ class S3Backend(Backend):
                 return b""
             raise
         return resp["Body"]
+
+    # --- writing -------------------------------------------------------------------------------------
+
+    async def _lookup(self, path: str) -> ObjectMeta | None:
+        """`stat` without counting a protocol call; None if nothing is there."""
+        try:
+            return await stat_prefix_or_object(path, self._what(path), self._is_prefix, self._head)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+
+    async def _list_keys(self, prefix: str, n: int) -> list[str]:
+        return [p for p, _ in await self._list_sized(prefix, n)]
+
+    async def _list_sized(self, prefix: str, n: int) -> list[tuple[str, int]]:
+        """Up to `n` (path, size) of the keys below `prefix` (a path ending in '/'), in key order."""
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        kwargs: dict[str, Any] = {"Prefix": self._key(prefix.rstrip("/")) + "/"}
+        out: list[tuple[str, int]] = []
+        while len(out) < n:
+            page = await self._call(self.client.list_objects_v2, prefix, MaxKeys=min(n - len(out), 1000), **kwargs)
+            out += [(obj["Key"][cut:], int(obj.get("Size", 0))) for obj in page.get("Contents", [])]
+            if not page.get("IsTruncated"):
+                break
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+        return out[:n]
+
+    async def _commit(self, op: Callable[..., dict], path: str, expected: str | None, **kwargs: Any) -> dict:
+        """A conditional write: retried on 409 ConditionalRequestConflict; ESTALE when the version
+        `expected` is gone (412, or 404 for a key deleted since)."""
+        for attempt in range(CONFLICT_ATTEMPTS):
+            try:
+                return await self._call(op, path, **kwargs)
+            except OSError as exc:
+                code = error_code(exc)
+                if code == "ConditionalRequestConflict":
+                    if attempt + 1 < CONFLICT_ATTEMPTS:
+                        self.stats.retries += 1
+                        await trio.sleep(0.05 * 2**attempt)
+                        continue
+                    raise stale(self._what(path)) from exc
+                if expected is not None and code == "NoSuchKey":
+                    raise stale(self._what(path)) from exc
+                raise
+        raise AssertionError("unreachable")
+
+    async def _check_version(self, path: str, expected: str | None) -> None:
+        """ESTALE unless `path` holds version `expected` now (None: no object)."""
+        found = await self._head(path)
+        if (found.version if found else None) != expected:
+            raise stale(self._what(path))
+
+    def _part_size(self, size: int) -> int:
+        """`part_size`, grown in whole MiB so `size` needs at most MAX_PARTS parts."""
+        least = -(-size // MAX_PARTS)
+        return max(self.o.part_size, -(-least // MIB) * MIB)
+
+    async def write_file(self, path: str, source: str, expected: str | None, mtime_ns: int | None = None) -> ObjectMeta:
+        if not path or (expected is None and await self._is_prefix(path)):
+            raise SiloError(errno.EISDIR, self._what(path))
+        size = (await self.run_sync(os.stat, source)).st_size
+        mtime = time.time_ns() if mtime_ns is None else mtime_ns
+        meta = {"mtime": mtime_text(mtime)}
+        cond = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
+        if size <= self.o.part_size:
+            def put(**kwargs: Any) -> dict:
+                with open(source, "rb") as f:
+                    return self.client.put_object(Body=f.read(), **kwargs)
+
+            resp = await self._commit(put, path, expected, Key=self._key(path), Metadata=meta, **cond)
+        else:
+            resp = await self._multipart(path, source, size, expected, meta, cond)
+        return ObjectMeta(path, False, size, mtime, resp["ETag"])
+
+    async def _multipart(self, path: str, source: str, size: int, expected: str | None,
+                         meta: dict[str, str], cond: dict[str, str]) -> dict:
+        await self._check_version(path, expected)  # before sending gigabytes for nothing
+        key, part = self._key(path), self._part_size(size)
+        created = await self._call(self.client.create_multipart_upload, path, Key=key, Metadata=meta, **self.checksum)
+        upload = created["UploadId"]
+        try:
+            parts: dict[int, dict] = {}
+            fd = await self.run_sync(os.open, source, os.O_RDONLY)
+            try:
+                async def send(number: int) -> None:
+                    offset = (number - 1) * part
+
+                    def upload_part(**kwargs: Any) -> dict:  # read in the worker thread, part by part
+                        body = os.pread(fd, min(part, size - offset), offset)
+                        return self.client.upload_part(Body=body, **kwargs)
+
+                    resp = await self._call(upload_part, path, Key=key, UploadId=upload, PartNumber=number,
+                                            **self.checksum)
+                    sums = {k: v for k, v in resp.items() if k.startswith("Checksum") and k != "ChecksumType"}
+                    parts[number] = {"PartNumber": number, "ETag": resp["ETag"], **sums}
+
+                await for_each(range(1, -(-size // part) + 1), send, self.o.upload_concurrency)
+            finally:
+                os.close(fd)
+            if expected is not None:  # moto ignores If-Match on the complete; S3 honours it
+                await self._check_version(path, expected)
+            return await self._commit(self.client.complete_multipart_upload, path, expected, Key=key, UploadId=upload,
+                                      MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]}, **cond)
+        except BaseException:
+            with trio.CancelScope(shield=True), contextlib.suppress(OSError):
+                await self._call(self.client.abort_multipart_upload, path, Key=key, UploadId=upload)
+            raise
+
+    async def _delete_key(self, path: str) -> None:
+        await self._call(self.client.delete_object, path, Key=self._key(path))
+
+    async def _copy(self, src: str, dst: str, size: int | None, *, version: str | None = None,
+                    create: bool = False) -> None:
+        """CopyObject `src` to `dst` (metadata, hence the mtime, comes along). `version`: only that
+        version of `src`; `create`: only if nothing is at `dst` (EEXIST)."""
+        if size is not None and size > MAX_COPY_SIZE:
+            raise SiloError(errno.EFBIG, f"{self._what(src)}: CopyObject stops at 5 GiB")
+        cond = {"CopySourceIfMatch": version} if version else {}
+        if create:
+            cond["IfNoneMatch"] = "*"
+        try:
+            await self._call(self.client.copy_object, dst, Key=self._key(dst),
+                             CopySource={"Bucket": self.o.bucket, "Key": self._key(src)}, **cond)
+        except OSError as exc:
+            if exc.errno == errno.ESTALE and create and await self._head(dst) is not None:
+                raise SiloError(errno.EEXIST, self._what(dst)) from exc
+            raise
+
+    async def delete(self, path: str) -> None:
+        meta = await self._lookup(path)
+        if meta is None:
+            raise not_found(self._what(path))
+        if meta.is_dir:
+            raise SiloError(errno.EISDIR, self._what(path))
+        await self._delete_key(path)
+
+    async def mkdir(self, path: str) -> None:
+        if await self._lookup(path) is not None:
+            raise SiloError(errno.EEXIST, self._what(path))
+        try:
+            await self._call(self.client.put_object, path, Key=self._key(path) + "/", Body=b"", IfNoneMatch="*")
+        except OSError as exc:
+            if exc.errno == errno.ESTALE:  # the marker appeared meanwhile
+                raise SiloError(errno.EEXIST, self._what(path)) from exc
+            raise
+
+    async def rmdir(self, path: str) -> None:
+        if not path:
+            raise SiloError(errno.EBUSY, f"{self.describe()}: the root cannot be removed")
+        keys = await self._list_keys(path + "/", 2)
+        if not keys:
+            if await self._head(path) is not None:
+                raise not_a_directory(self._what(path))
+            raise not_found(self._what(path))
+        if any(k != path + "/" for k in keys):
+            raise SiloError(errno.ENOTEMPTY, self._what(path))
+        await self._delete_key(path + "/")
+
+    async def rename(self, src: str, dst: str, *, replace: bool = True, limit: int = DEFAULT_RENAME_LIMIT) -> None:
+        meta = await self._lookup(src)
+        if meta is None:
+            raise not_found(self._what(src))
+        if src == dst:
+            return
+        target = await self._lookup(dst)
+        if meta.is_dir:
+            sizes: dict[str, int] = {}
+
+            async def list_keys(prefix: str, n: int) -> list[str]:
+                found = await self._list_sized(prefix, n)
+                sizes.update(found)
+                return [p for p, _ in found]
+
+            await move_dir(src, dst, target, replace=replace, limit=limit, what=self.describe(), list_keys=list_keys,
+                           copy=lambda a, b: self._copy(a, b, sizes.get(a)), delete=self._delete_key,
+                           concurrency=self.o.concurrency)
+            return
+        if target is not None:
+            if target.is_dir:
+                raise SiloError(errno.EISDIR, self._what(dst))
+            if not replace:  # checked here too: moto ignores If-None-Match on CopyObject
+                raise SiloError(errno.EEXIST, self._what(dst))
+        await self._copy(src, dst, meta.size, version=meta.version, create=not replace)
+        await self._delete_key(src)
+
+    async def set_mtime(self, path: str, mtime_ns: int) -> ObjectMeta:
+        heads: dict[str, dict] = {}
+
+        async def head(p: str) -> ObjectMeta | None:
+            resp = await self._head_raw(p)
+            if resp is None:
+                return None
+            heads[p] = resp
+            return self._meta(p, resp)
+
+        meta = await stat_prefix_or_object(path, self._what(path), self._is_prefix, head)
+        if meta.is_dir:
+            return meta  # a prefix has no time of its own to set
+        if meta.size > MAX_COPY_SIZE:
+            raise SiloError(errno.EFBIG, f"{self._what(path)}: CopyObject stops at 5 GiB")
+        resp = heads[path]
+        kept = {k: resp[k] for k in KEPT_ON_COPY if resp.get(k)}
+        out = await self._call(self.client.copy_object, path, Key=self._key(path),
+                               CopySource={"Bucket": self.o.bucket, "Key": self._key(path)},
+                               CopySourceIfMatch=meta.version, MetadataDirective="REPLACE",
+                               Metadata={**resp.get("Metadata", {}), "mtime": mtime_text(mtime_ns)}, **kept)
+        return ObjectMeta(path, False, meta.size, mtime_ns, out["CopyObjectResult"]["ETag"])
