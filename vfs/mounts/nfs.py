@@ -45,7 +45,9 @@ took 37 ms. Putting it in place:
 A replaced file keeps its permission bits; the owner is the credential of the URL (uid=, gid=). A
 symlink at the target is replaced by the new file, not written through.
 mtimes are stored to the microsecond (libnfs' utimes takes a struct timeval); the ObjectMeta returned
-is the server's stat of what was written, so it says what was kept.
+is the server's stat of what was written, so it says what was kept. libnfs 4.0's NFSv4 utimes OPENs
+the file for writing, so `set_mtime` of a file without owner write permission fails with EACCES
+(write_file sets times and mode on its temporary file in an order that avoids it).
 
 Other windows of the same kind, each a stat then the call: NFSv4 REMOVE deletes files and directories
 alike, so `delete` (EISDIR) and `rmdir` (ENOTDIR) look at the type first; `rename(replace=False)`
@@ -203,6 +205,7 @@ def _load() -> tuple[ctypes.CDLL, str]:
         "nfs_create": (i, [vp, cp, i, i, ctypes.POINTER(vp)]),
         "nfs_fsync": (i, [vp, vp]),
         "nfs_utimes": (i, [vp, cp, ctypes.POINTER(_Timeval)]),
+        "nfs_chmod": (i, [vp, cp, i]),
         "nfs_link": (i, [vp, cp, cp]),
         "nfs_rename": (i, [vp, cp, cp]),
         "nfs_unlink": (i, [vp, cp]),
@@ -629,27 +632,28 @@ class NFSBackend(WritableBackend):
         mode = st.S_IMODE(before.mode) if before is not None else FILE_MODE
         parent = path.rpartition("/")[0]
         tmp = join(parent, f"{TMP_PREFIX}{secrets.token_hex(8)}")
-        placed = False
         try:
-            self._upload(ctx, tmp, source, mode)
+            # Writable by its owner until done: libnfs' utimes and chmod OPEN the file for writing.
+            self._upload(ctx, tmp, source, mode | st.S_IWUSR)
             # Always set: an exclusive create (EXCLUSIVE4) leaves the verifier in atime/mtime, and an
             # empty file gets no WRITE that would replace it.
             now = time.time_ns()
             self._utimes(ctx, tmp, now, now if mtime_ns is None else mtime_ns)
+            if not mode & st.S_IWUSR:
+                ctx.check(ctx.lib.nfs_chmod(ctx.ctx, self._nfs_path(tmp), mode), f"chmod {tmp!r}")
             s = self._stat64(ctx, tmp)
             written_ns = s.mtime * 1_000_000_000 + s.mtime_nsec
             meta = ObjectMeta(path, False, s.size, written_ns, f"{written_ns}:{s.size}")
             if expected is None and self._link(ctx, tmp, path):
-                placed = True
                 self._remove_quietly(ctx, tmp)
                 return meta
             self._holds(ctx, path, expected)
             ctx.check(ctx.lib.nfs_rename(ctx.ctx, self._nfs_path(tmp), self._nfs_path(path)), f"rename to {path!r}")
-            placed = True
             return meta
-        finally:
-            if not placed:
+        except BaseException as exc:
+            if not isinstance(exc, _NFSError) or exc.answered:  # else the connection is gone (or slow)
                 self._remove_quietly(ctx, tmp)
+            raise
 
     def _link(self, ctx: _Context, tmp: str, path: str) -> bool:
         """Give `tmp` the name `path` only if that name is free (ESTALE if taken), in one call of the
