@@ -12,17 +12,41 @@ here). What it serves, shaped as the real API shapes it:
 - `GET /drive/v3/files/<id>/export?mimeType=`: a deterministic byte rendering of a Google Doc,
   Sheet, Slides or Drawing (`render_export`); 403 fileNotExportable for blobs, 400 badRequest for a
   format the type does not export to;
+- `POST /drive/v3/files`: files.create from metadata alone (folders, empty files, shortcuts);
+  `POST /upload/drive/v3/files?uploadType=media|multipart|resumable`: files.create with content;
+- `PATCH /drive/v3/files/<id>`: files.update of metadata (`name`, `mimeType`, `modifiedTime`,
+  `trashed`, `description`; moves with `addParents`/`removeParents`; `parents` in the body is 403
+  fieldNotWritable, as on Drive); `PATCH /upload/drive/v3/files/<id>?uploadType=...`: new content for
+  the same id: a new head revision, new md5Checksum and size, `version` + 1, modifiedTime = the body's
+  or now;
+- resumable uploads: the initial request (POST or PATCH, `uploadType=resumable`, metadata as JSON,
+  `X-Upload-Content-Type`/`X-Upload-Content-Length`) answers 200 with the session URI in `Location`;
+  chunks are `PUT <session URI>` with `Content-Range: bytes a-b/total|*`; an unfinished upload answers
+  308 with `Range: bytes=0-<last byte kept>` (no Range before the first byte); a chunk that is not the
+  last keeps only a multiple of 256 KiB (the rest must be sent again, as Drive's upload servers do);
+  `Content-Range: bytes */total` asks for the state; a chunk starting past the bytes received is 400;
+  the file is created or updated only when the last byte arrives (the commit); a PUT without
+  Content-Range is the whole content at once;
+- `DELETE /drive/v3/files/<id>`: files.delete, for good (a folder with everything below it), 204;
+- `version` (int64 as a string) grows with every change; modifiedTime moves only with content or
+  when set (a rename or a move leaves it, as on Drive's web UI); trashing a folder trashes its
+  contents (`trashed` is true below it, `explicitlyTrashed` only on it);
 - `POST /token`: the OAuth token endpoint, so stored authorized-user tokens can refresh against it;
 - errors as `{"error": {"code", "message", "errors": [{"domain", "reason", "message", ...}]}}`;
   a missing bearer token is 401 `required`, a wrong one 401 `authError`.
 
 Test hooks (in-process, thread-safe): `add_folder`, `add_file`, `add_doc`, `add_shortcut`,
-`replace`, `trash`, `delete`, `fail_next` (inject rate-limit replies), `counts` (requests by kind).
+`replace`, `touch`, `trash`, `delete`, `find`, `read`, `fail_next` (inject rate-limit replies to any
+API request), `counts` (requests by kind: list, get, media, export, create, update, delete, upload
+(a resumable session started), chunk).
+Drive has no precondition on files.update (no If-Match, no etag in v3): a client that must not
+overwrite a concurrent change compares md5Checksum/headRevisionId itself just before its commit.
 """
 
 from __future__ import annotations
 
 import base64
+import calendar
 import dataclasses
 import hashlib
 import http.server
@@ -35,6 +59,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
+from datetime import datetime
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
@@ -66,6 +91,10 @@ EXPORT_LIMIT = 10 * 1024 * 1024  # Drive refuses exports above 10 MB (exportSize
 MAX_PAGE_SIZE = 1000  # files.list pageSize maximum
 DEFAULT_PAGE_SIZE = 100  # files.list pageSize default
 DEFAULT_FILE_FIELDS = ("kind", "id", "name", "mimeType")  # what files.get returns without `fields`
+UPLOAD_QUANTUM = 256 * 1024  # resumable chunks other than the last are kept in multiples of this
+# Body fields a client may set (Drive's "writable" File fields, the subset this server keeps).
+CREATE_FIELDS = frozenset({"name", "mimeType", "parents", "modifiedTime", "createdTime", "description", "shortcutDetails"})
+UPDATE_FIELDS = frozenset({"name", "mimeType", "modifiedTime", "trashed", "description"})
 
 
 def render_export(file_id: str, content: bytes, modified: str, mime: str) -> bytes:
@@ -76,6 +105,18 @@ def render_export(file_id: str, content: bytes, modified: str, mime: str) -> byt
 def rfc3339(ns: int) -> str:
     secs, rest = divmod(ns, 10**9)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rest // 10**6:03d}Z"
+
+
+def parse_time(stamp: Any, field: str) -> int:
+    """An RFC 3339 time from a request body, in ns, cut to Drive's millisecond resolution."""
+    try:
+        dt = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        raise DriveError(400, "invalid", f"Invalid value for: {field}", location=field, locationType="other") from None
+    if dt.tzinfo is None:
+        raise DriveError(400, "invalid", f"Invalid value for: {field}", location=field, locationType="other")
+    secs = calendar.timegm(dt.utctimetuple())
+    return secs * 10**9 + dt.microsecond // 1000 * 10**6
 
 
 @dataclasses.dataclass
@@ -90,6 +131,8 @@ class DriveFile:
     revision: str | None = None
     trashed: bool = False
     target: str | None = None  # shortcuts
+    version: int = 1
+    description: str | None = None
 
     def in_trash(self, store: dict[str, "DriveFile"]) -> bool:
         """Trashed itself or inside a trashed folder (Drive trashes a folder's contents with it)."""
@@ -107,8 +150,10 @@ class DriveFile:
             "kind": "drive#file", "id": self.id, "name": self.name, "mimeType": self.mime,
             "parents": list(self.parents), "createdTime": rfc3339(self.created_ns),
             "modifiedTime": rfc3339(self.modified_ns), "trashed": self.in_trash(store),
-            "explicitlyTrashed": self.trashed,
+            "explicitlyTrashed": self.trashed, "version": str(self.version),
         }
+        if self.description is not None:
+            r["description"] = self.description
         if not self.mime.startswith(APPS):
             r["size"] = str(len(self.content))  # int64 travels as a JSON string
             r["md5Checksum"] = hashlib.md5(self.content).hexdigest()
@@ -119,6 +164,21 @@ class DriveFile:
             target = store.get(self.target)
             r["shortcutDetails"] = {"targetId": self.target, "targetMimeType": target.mime if target else FOLDER}
         return r
+
+
+@dataclasses.dataclass
+class Upload:
+    """A resumable upload session: what its first request asked for, and the bytes kept so far."""
+
+    id: str
+    file_id: str | None  # None: files.create
+    metadata: dict[str, Any]
+    params: dict[str, str]
+    mime: str
+    total: int | None
+    data: bytearray = dataclasses.field(default_factory=bytearray)
+    result: DriveFile | None = None
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
 
 class DriveError(Exception):
@@ -305,6 +365,8 @@ class DriveServer:
         self.files: dict[str, DriveFile] = {}
         self.counts: Counter[str] = Counter()
         self._failures: list[tuple[int, str]] = []
+        self.uploads: dict[str, Upload] = {}  # resumable sessions by upload_id
+        self.done_uploads: dict[str, Upload] = {}  # committed sessions answer their file again
         self._rnd = random.Random(seed)
         self._revisions = itertools.count(1)
         self._last_ns = 0
@@ -349,6 +411,9 @@ class DriveServer:
     def _new_id(self) -> str:
         return "".join(self._rnd.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_") for _ in range(33))
 
+    def _new_revision(self) -> str:
+        return f"0B{next(self._revisions):06d}"
+
     def _now(self) -> int:
         """Server time in ns, strictly increasing by at least 1 ms (modifiedTime has ms resolution)."""
         self._last_ns = max(time.time_ns(), self._last_ns + 1_000_000)
@@ -360,7 +425,7 @@ class DriveServer:
             parent_id = self.root_id if parent in (None, "root") else parent
             if parent_id not in self.files:
                 raise KeyError(parent_id)
-            rev = None if mime.startswith(APPS) else f"0B{next(self._revisions):06d}"
+            rev = None if mime.startswith(APPS) else self._new_revision()
             self.files[fid] = DriveFile(fid, name, mime, [parent_id], now, now, content, rev, target=target)
             return fid
 
@@ -383,17 +448,22 @@ class DriveServer:
             f = self.files[file_id]
             f.content = bytes(data)
             f.modified_ns = self._now()
+            f.version += 1
             if not f.mime.startswith(APPS):
-                f.revision = f"0B{next(self._revisions):06d}"
+                f.revision = self._new_revision()
 
     def touch(self, file_id: str) -> None:
         """A metadata-only change: modifiedTime moves, content and head revision stay."""
         with self.lock:
-            self.files[file_id].modified_ns = self._now()
+            f = self.files[file_id]
+            f.modified_ns = self._now()
+            f.version += 1
 
     def trash(self, file_id: str) -> None:
         with self.lock:
-            self.files[file_id].trashed = True
+            f = self.files[file_id]
+            f.trashed = True
+            f.version += 1
 
     def delete(self, file_id: str) -> None:
         with self.lock:
@@ -410,6 +480,13 @@ class DriveServer:
                     return None
                 current = match[0].id
             return current
+
+    def read(self, path: str) -> bytes | None:
+        """The content of the file at a '/'-path of raw Drive names, or None (no such file, or a folder)."""
+        with self.lock:
+            fid = self.find(path)
+            f = self.files.get(fid) if fid is not None else None
+            return None if f is None or f.mime == FOLDER else f.content
 
     def fail_next(self, n: int, status: int = 403, reason: str = "userRateLimitExceeded") -> None:
         """The next `n` authenticated API requests answer this rate-limit error instead."""
@@ -478,6 +555,193 @@ class DriveServer:
         tree = parse_fields(params["fields"]) if params.get("fields") else dict.fromkeys(DEFAULT_FILE_FIELDS)
         return select(resource, tree)
 
+    # writes (called from handler threads)
+    def _parent(self, parent_id: str) -> DriveFile:
+        parent = self.files.get(self.resolve(parent_id))
+        if parent is None:
+            raise not_found(parent_id)
+        if parent.mime != FOLDER:
+            raise DriveError(400, "invalid", "The specified parent is not a folder.", location="parents", locationType="other")
+        return parent
+
+    @staticmethod
+    def _writable(metadata: dict[str, Any], allowed: frozenset[str]) -> None:
+        for key in metadata:
+            if key not in allowed:
+                raise DriveError(403, "fieldNotWritable",
+                                 f"The resource body includes fields which are not directly writable: {key}.")
+
+    def create(self, metadata: dict[str, Any], media: tuple[bytes, str] | None) -> DriveFile:
+        """files.create: a new file (a new id, even beside another of the same name, as on Drive)."""
+        self._writable(metadata, CREATE_FIELDS)
+        parents = metadata.get("parents") or ["root"]
+        if not isinstance(parents, list) or len(parents) > 1:
+            raise DriveError(403, "cannotAddParent", "Increasing the number of parents is not allowed.")
+        mime = metadata.get("mimeType") or (media[1] if media else None) or "application/octet-stream"
+        target = None
+        if mime == SHORTCUT:
+            target = (metadata.get("shortcutDetails") or {}).get("targetId")
+            if not target:
+                raise DriveError(400, "required", "A shortcut requires shortcutDetails.targetId.",
+                                 location="shortcutDetails.targetId", locationType="other")
+        if media is not None and mime.startswith(APPS):
+            raise DriveError(400, "badRequest", "Conversion to this Google type is not supported here.")
+        with self.lock:
+            parent = self._parent(parents[0])
+            if target is not None and target not in self.files:
+                raise not_found(target)
+            fid, now = self._new_id(), self._now()
+            created = parse_time(metadata["createdTime"], "createdTime") if "createdTime" in metadata else now
+            modified = parse_time(metadata["modifiedTime"], "modifiedTime") if "modifiedTime" in metadata else now
+            rev = None if mime.startswith(APPS) else self._new_revision()
+            f = DriveFile(fid, str(metadata.get("name", "Untitled")), mime, [parent.id], created, modified,
+                          media[0] if media else b"", rev, target=target, description=metadata.get("description"))
+            self.files[fid] = f
+            return dataclasses.replace(f, parents=list(f.parents))
+
+    def update(self, file_id: str, metadata: dict[str, Any], params: dict[str, str],
+               media: tuple[bytes, str] | None) -> DriveFile:
+        """files.update: metadata, a move (addParents/removeParents) and/or new content for the same id."""
+        if "parents" in metadata:
+            raise DriveError(403, "fieldNotWritable", "The parents field is not directly writable in update requests. "
+                             "Use the addParents and removeParents parameters instead.")
+        self._writable(metadata, UPDATE_FIELDS)
+        with self.lock:
+            f = self.files.get(self.resolve(file_id))
+            if f is None:
+                raise not_found(file_id)
+            if media is not None and (f.mime == FOLDER or f.mime.startswith(APPS)):
+                raise DriveError(400, "badRequest", "Media content cannot be uploaded to this file.")
+            mime = metadata.get("mimeType")
+            if mime is not None and mime != f.mime and (mime.startswith(APPS) or f.mime.startswith(APPS)):
+                raise DriveError(403, "fieldNotWritable", "The mimeType of this file cannot be changed.")
+            parents = list(f.parents)
+            for pid in [p for p in params.get("removeParents", "").split(",") if p]:
+                pid = self.resolve(pid)
+                if pid in parents:
+                    parents.remove(pid)
+            for pid in [p for p in params.get("addParents", "").split(",") if p]:
+                parent = self._parent(pid)
+                if parent.id not in parents:
+                    parents.append(parent.id)
+                self._no_cycle(f, parent)
+            if len(parents) > 1:
+                raise DriveError(403, "cannotAddParent", "Increasing the number of parents is not allowed. "
+                                 "A file can only have one parent.")
+            modified = parse_time(metadata["modifiedTime"], "modifiedTime") if "modifiedTime" in metadata else None
+            # checks done: apply
+            f.parents = parents
+            if "name" in metadata:
+                f.name = str(metadata["name"])
+            if mime is not None:
+                f.mime = mime
+            if "description" in metadata:
+                f.description = metadata["description"]
+            if "trashed" in metadata:
+                f.trashed = bool(metadata["trashed"])
+            if media is not None:
+                f.content = media[0]
+                f.revision = self._new_revision()
+                f.modified_ns = self._now()
+            if modified is not None:
+                f.modified_ns = modified
+            f.version += 1
+            return dataclasses.replace(f, parents=list(f.parents))
+
+    def _no_cycle(self, f: DriveFile, parent: DriveFile) -> None:
+        seen: set[str] = set()
+        p: DriveFile | None = parent
+        while p is not None and p.id not in seen:
+            if p.id == f.id:
+                raise DriveError(403, "invalidParent", "A folder cannot be moved into itself or one of its descendants.")
+            seen.add(p.id)
+            p = self.files.get(p.parents[0]) if p.parents else None
+
+    def delete_file(self, file_id: str) -> None:
+        """files.delete: gone for good, with everything below a folder (Drive skips the trash)."""
+        with self.lock:
+            f = self.files.get(self.resolve(file_id))
+            if f is None:
+                raise not_found(file_id)
+            if f.id == self.root_id:
+                raise DriveError(403, "insufficientFilePermissions", "The user does not have sufficient permissions for this file.")
+            doomed, frontier = {f.id}, [f.id]
+            while frontier:
+                pid = frontier.pop()
+                for child in self.files.values():
+                    if pid in child.parents and child.id not in doomed:
+                        doomed.add(child.id)
+                        frontier.append(child.id)
+            for fid in doomed:
+                del self.files[fid]
+
+    def start_upload(self, file_id: str | None, metadata: dict[str, Any], params: dict[str, str],
+                     headers: Any) -> str:
+        """The first request of a resumable upload: checks what it can now, answers the session URI."""
+        self._writable(metadata, CREATE_FIELDS if file_id is None else UPDATE_FIELDS)
+        total = headers.get("X-Upload-Content-Length")
+        with self.lock:
+            if file_id is not None and self.resolve(file_id) not in self.files:
+                raise not_found(file_id)
+            upload_id = "ADPyc" + self._new_id()
+            self.uploads[upload_id] = Upload(
+                upload_id, file_id, metadata, dict(params),
+                headers.get("X-Upload-Content-Type") or "application/octet-stream",
+                int(total) if total is not None and total.isdigit() else None)
+        path = "upload/drive/v3/files" + (f"/{file_id}" if file_id is not None else "")
+        query = urllib.parse.urlencode({**{k: v for k, v in params.items() if k in ("fields", "addParents", "removeParents")},
+                                        "uploadType": "resumable", "upload_id": upload_id})
+        return f"{self.url}{path}?{query}"
+
+    def put_chunk(self, upload_id: str, content_range: str | None, body: bytes) -> tuple[int, "Upload"]:
+        """One PUT to a session URI: (200, session) once committed, else (308, session)."""
+        with self.lock:
+            up = self.uploads.get(upload_id) or self.done_uploads.get(upload_id)
+        if up is None:
+            raise DriveError(404, "notFound", "No such upload session.")
+        with up.lock:
+            if up.result is not None:
+                return 200, up
+            if content_range is None:  # the whole content at once
+                if up.total is not None and up.total != len(body):
+                    raise DriveError(400, "badContent", "The upload length differs from X-Upload-Content-Length.")
+                up.data[:] = body
+                return 200, self._commit(up)
+            m = re.fullmatch(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)", content_range.strip())
+            if not m:
+                raise DriveError(400, "badContent", f"Failed to parse Content-Range header: {content_range}")
+            total = None if m.group(3) == "*" else int(m.group(3))
+            if total is not None:
+                if up.total is not None and total != up.total:
+                    raise DriveError(400, "badContent", "The total size differs from the one declared before.")
+                up.total = total
+            if m.group(1) is not None:
+                start, end = int(m.group(1)), int(m.group(2))
+                if end < start or len(body) != end - start + 1 or (up.total is not None and end >= up.total):
+                    raise DriveError(400, "badContent", "The Content-Range does not match the bytes sent.")
+                received = len(up.data)
+                if start > received:
+                    raise DriveError(400, "badContent", f"Invalid request. According to the Content-Range header, "
+                                     f"the upload offset is {start} byte(s), which exceeds already uploaded size "
+                                     f"of {received} byte(s).")
+                up.data += body[received - start:]
+                if up.total is None or len(up.data) < up.total:  # not the last chunk: keep whole quanta only
+                    del up.data[len(up.data) // UPLOAD_QUANTUM * UPLOAD_QUANTUM:]
+            if up.total is not None and len(up.data) == up.total:
+                return 200, self._commit(up)
+            return 308, up
+
+    def _commit(self, up: "Upload") -> "Upload":
+        media = (bytes(up.data), up.mime)
+        if up.file_id is None:
+            up.result = self.create(up.metadata, media)
+        else:
+            up.result = self.update(up.file_id, up.metadata, up.params, media)
+        with self.lock:
+            self.uploads.pop(up.id, None)
+            self.done_uploads[up.id] = up
+        return up
+
     def export(self, file_id: str, params: dict[str, str]) -> tuple[bytes, str]:
         f = self.get_file(file_id)
         mime = params.get("mimeType", "")
@@ -543,21 +807,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         raise err
 
     def do_GET(self) -> None:
-        url = urllib.parse.urlsplit(self.path)
-        params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
-        parts = [urllib.parse.unquote(p) for p in url.path.split("/") if p]
+        parts, params = self._route()
         try:
             if parts[:3] != ["drive", "v3", "files"] or len(parts) > 5 or (len(parts) == 5 and parts[4] != "export"):
-                raise DriveError(404, "notFound", f"Not Found: {url.path}")
-            self._authenticate()
-            failure = self.drive._take_failure()
+                raise DriveError(404, "notFound", f"Not Found: {self.path}")
             kind = "list" if len(parts) == 3 else "export" if len(parts) == 5 else \
                 "media" if params.get("alt") == "media" else "get"
-            with self.drive.lock:
-                self.drive.counts[kind] += 1
-                self.drive.counts["total"] += 1
-            if failure is not None:
-                raise failure
+            self._api(kind)
             if kind == "list":
                 self._json(200, self.drive.list_files(params))
             elif kind == "get":
@@ -593,17 +849,173 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         self._send(206, data[start:end + 1], ctype, {"Content-Range": f"bytes {start}-{end}/{size}"})
 
+    def _body(self) -> bytes:
+        """The whole request body (always read, so a keep-alive connection stays in step)."""
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _api(self, kind: str) -> None:
+        """Authenticate, count, and play an injected failure, for one API request of `kind`."""
+        self._authenticate()
+        failure = self.drive._take_failure()
+        with self.drive.lock:
+            self.drive.counts[kind] += 1
+            self.drive.counts["total"] += 1
+        if failure is not None:
+            raise failure
+
+    def _route(self) -> tuple[list[str], dict[str, str]]:
+        url = urllib.parse.urlsplit(self.path)
+        params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+        return [urllib.parse.unquote(p) for p in url.path.split("/") if p], params
+
+    def _file(self, status: int, f: DriveFile, params: dict[str, str]) -> None:
+        with self.drive.lock:
+            resource = f.resource(self.drive.files)
+        tree = parse_fields(params["fields"]) if params.get("fields") else dict.fromkeys(DEFAULT_FILE_FIELDS)
+        self._json(status, select(resource, tree))
+
+    def _metadata_and_media(self, body: bytes, params: dict[str, str]) -> tuple[dict[str, Any], tuple[bytes, str] | None]:
+        """The File resource and the content a create/update request carries, by its uploadType."""
+        ctype = self.headers.get("Content-Type", "")
+        upload = params.get("uploadType")
+        if upload == "media":
+            return {}, (body, ctype.split(";")[0].strip() or "application/octet-stream")
+        if upload == "multipart":
+            parts = parse_related(body, ctype)
+            if len(parts) != 2:
+                raise DriveError(400, "badContent", "A multipart upload has exactly two parts: metadata, then media.")
+            (_, meta), (headers, data) = parts
+            return _json_object(meta), (data, headers.get("content-type", "application/octet-stream"))
+        return (_json_object(body) if body.strip() else {}), None
+
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length).decode()
-        if urllib.parse.urlsplit(self.path).path != "/token":
-            self._error(DriveError(404, "notFound", f"Not Found: {self.path}"))
+        body = self._body()
+        parts, params = self._route()
+        try:
+            if parts == ["token"]:
+                self._token(body)
+            elif parts == ["drive", "v3", "files"]:
+                self._api("create")
+                self._file(200, self.drive.create(_json_object(body) if body.strip() else {}, None), params)
+            elif parts == ["upload", "drive", "v3", "files"]:
+                self._upload(None, body, params)
+            else:
+                raise DriveError(404, "notFound", f"Not Found: {self.path}")
+        except DriveError as err:
+            self._error(err)
+
+    def do_PATCH(self) -> None:
+        body = self._body()
+        parts, params = self._route()
+        try:
+            if len(parts) == 4 and parts[:3] == ["drive", "v3", "files"]:
+                self._api("update")
+                self._file(200, self.drive.update(parts[3], _json_object(body) if body.strip() else {}, params, None), params)
+            elif len(parts) == 5 and parts[:4] == ["upload", "drive", "v3", "files"]:
+                self._upload(parts[4], body, params)
+            else:
+                raise DriveError(404, "notFound", f"Not Found: {self.path}")
+        except DriveError as err:
+            self._error(err)
+
+    def _upload(self, file_id: str | None, body: bytes, params: dict[str, str]) -> None:
+        """files.create (file_id None) or files.update with content, by `uploadType`."""
+        upload = params.get("uploadType")
+        if upload not in ("media", "multipart", "resumable"):
+            raise DriveError(400, "badRequest", "Upload requests must include an uploadType URL parameter and a URL "
+                             "path beginning with /upload/")
+        if upload == "resumable":
+            self._api("upload")
+            metadata = _json_object(body) if body.strip() else {}
+            location = self.drive.start_upload(file_id, metadata, params, self.headers)
+            self._send(200, b"", "text/plain; charset=utf-8", {"Location": location})
             return
-        form = dict(urllib.parse.parse_qsl(body))
+        self._api("create" if file_id is None else "update")
+        metadata, media = self._metadata_and_media(body, params)
+        f = self.drive.create(metadata, media) if file_id is None else self.drive.update(file_id, metadata, params, media)
+        self._file(200, f, params)
+
+    def do_PUT(self) -> None:
+        body = self._body()
+        parts, params = self._route()
+        try:
+            if parts[:4] != ["upload", "drive", "v3", "files"] or len(parts) > 5 or "upload_id" not in params:
+                raise DriveError(404, "notFound", f"Not Found: {self.path}")
+            # The session URI is the credential (Drive does not ask for the bearer token again).
+            failure = self.drive._take_failure()
+            with self.drive.lock:
+                self.drive.counts["chunk"] += 1
+                self.drive.counts["total"] += 1
+            if failure is not None:
+                raise failure
+            status, up = self.drive.put_chunk(params["upload_id"], self.headers.get("Content-Range"), body)
+            if status == 200:
+                assert up.result is not None
+                self._file(200, up.result, up.params)
+            else:
+                kept = len(up.data)
+                self._send(308, b"", "text/plain; charset=utf-8", {"Range": f"bytes=0-{kept - 1}"} if kept else {})
+        except DriveError as err:
+            self._error(err)
+
+    def do_DELETE(self) -> None:
+        self._body()
+        parts, _ = self._route()
+        try:
+            if len(parts) != 4 or parts[:3] != ["drive", "v3", "files"]:
+                raise DriveError(404, "notFound", f"Not Found: {self.path}")
+            self._api("delete")
+            self.drive.delete_file(parts[3])
+            self.send_response(204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        except DriveError as err:
+            self._error(err)
+
+    def _token(self, body: bytes) -> None:
+        form = dict(urllib.parse.parse_qsl(body.decode()))
         with self.drive.lock:
             self.drive.counts["token"] += 1
         if form.get("grant_type") != "refresh_token" or form.get("refresh_token") != self.drive.refresh_token:
             self._json(400, {"error": "invalid_grant", "error_description": "Token has been expired or revoked."})
             return
         self._json(200, {"access_token": self.drive.token, "expires_in": 3599, "token_type": "Bearer",
-                         "scope": "https://www.googleapis.com/auth/drive.readonly"})
+                         "scope": "https://www.googleapis.com/auth/drive"})
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        raise DriveError(400, "parseError", "Parse Error") from None
+    if not isinstance(obj, dict):
+        raise DriveError(400, "parseError", "Parse Error")
+    return obj
+
+
+def parse_related(body: bytes, ctype: str) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart/related body (RFC 2387): (lower-cased headers, bytes) each, bytes exact."""
+    m = re.search(r'boundary="?([^";]+)"?', ctype)
+    if not ctype.lower().startswith("multipart/related") or not m:
+        raise DriveError(400, "badContent", "Expected a multipart/related body with a boundary.")
+    delim = b"--" + m.group(1).encode()
+    if not body.startswith(delim):
+        raise DriveError(400, "badContent", "The multipart body does not start with its boundary.")
+    nl = b"\r\n" if body[len(delim):].startswith(b"\r\n") else b"\n"  # the line break the client used
+    pieces = body[len(delim) + len(nl):].split(nl + delim)
+    if len(pieces) < 2 or not pieces[-1].startswith(b"--"):
+        raise DriveError(400, "badContent", "The multipart body is not closed.")
+    out = []
+    for i, piece in enumerate(pieces[:-1]):
+        if i:
+            piece = piece.removeprefix(nl)  # the rest of the boundary line
+        head, sep, data = piece.partition(nl + nl)
+        if not sep:
+            head, data = piece.removeprefix(nl), b""  # no headers
+        headers = {}
+        for line in head.split(nl):
+            name, colon, value = line.decode("latin-1").partition(":")
+            if colon:
+                headers[name.strip().lower()] = value.strip()
+        out.append((headers, data))
+    return out
