@@ -3,7 +3,8 @@
 The backend authenticates with a token file in google-auth's authorized-user format (what
 `vfs auth gdrive` stores) holding the server's fixed bearer token and an expiry far ahead, so a
 `[[mount]]` entry can express it: backend, root_url, token_file (and token_uri = the server's
-/token, should the token ever need a refresh).
+/token, should the token ever need a refresh). `fetch` reads the server's store directly; `small_parts`
+uploads in 256 KiB chunks, Drive's smallest resumable chunk.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import google.oauth2.credentials
 
 from tests.drive_server import DriveServer
 from tests.silos import PAGE_SIZE, Silo
-from vfs.mounts.gdrive import DriveBackend, DriveOptions
+from vfs.mounts.gdrive import SLASH, UPLOAD_QUANTUM, DriveBackend, DriveOptions
 from vfs.mounts.gdrive_auth import token_info
 
 
@@ -70,13 +71,21 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
             wrong = google.oauth2.credentials.Credentials(token="wrong-token")
             return DriveBackend(DriveOptions(root_url=server.url, credentials=wrong, max_retries=0))
 
-        backend = DriveBackend(DriveOptions(root_url=server.url, token_file=str(token_file),
-                                            token_uri=server.url + "token", page_size=PAGE_SIZE))
+        def make(chunk_size: int = DriveOptions.chunk_size) -> DriveBackend:
+            return DriveBackend(DriveOptions(root_url=server.url, token_file=str(token_file), token_uri=server.url + "token",
+                                             page_size=PAGE_SIZE, chunk_size=chunk_size))
+
+        def fetch(path: str) -> bytes | None:
+            return server.read(path.replace(SLASH, "/"))  # display names -> raw (no duplicates in these tests)
+
+        backend = make()
         yield Silo(
             backend=backend,
             flat_keys=False,
             replace=lambda path, data: put(server, path, data) and None,
             denied=denied,
+            fetch=fetch,
+            small_parts=lambda: make(chunk_size=UPLOAD_QUANTUM),
             mount_options={"backend": "gdrive", "root_url": server.url, "token_file": str(token_file),
                            "token_uri": server.url + "token"},
         )

@@ -52,23 +52,28 @@ import errno
 import functools
 import json
 import logging
+import mimetypes
+import os
 import random
 import re
 import threading
+import time
 from datetime import datetime
 from importlib import resources
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import cachetools
 import google.auth.exceptions
 import google_auth_httplib2
 import googleapiclient.discovery
 import googleapiclient.errors
+import googleapiclient.http
 import httplib2
 import trio
 
 from vfs.errors import SiloError, silo_error
-from vfs.mounts.base import Backend, BaseOptions, ObjectMeta, join, not_a_directory, not_found, stale, valid_name
+from vfs.mounts.base import (DEFAULT_RENAME_LIMIT, BaseOptions, ObjectMeta, WritableBackend, join, not_a_directory,
+                             not_found, stale, valid_name)
 from vfs.mounts.gdrive_auth import load_credentials
 
 log = logging.getLogger(__name__)
@@ -106,9 +111,12 @@ DEFAULT_EXPORT_FORMATS: dict[str, str] = {"document": "docx", "spreadsheet": "xl
 FILE_FIELDS = ("id,name,mimeType,size,md5Checksum,headRevisionId,modifiedTime,createdTime,trashed,"
                "shortcutDetails(targetId,targetMimeType)")
 CHECK_FIELDS = "id,mimeType,md5Checksum,headRevisionId,modifiedTime,trashed"
+WRITE_CHECK_FIELDS = "id,name,mimeType,md5Checksum,headRevisionId,modifiedTime,trashed,size"
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})  # Drive's docs: retry these with backoff
 READ_ATTEMPTS = 3  # a read re-runs after a metadata-only change; a file changing that often is ESTALE
 MAX_NAME_CANDIDATES = 64  # raw names a targeted lookup asks for; past this it lists the folder
+UPLOAD_QUANTUM = 256 * 1024  # Drive's resumable chunks are multiples of this (all but the last)
+READ_ONLY = errno.EPERM  # writes to Google Docs & co. (module docstring: why this errno)
 
 
 @functools.cache
@@ -148,6 +156,9 @@ class DriveOptions(BaseOptions):
     dir_cache_ttl: float = 60.0  # seconds; the order of the namespace's metadata TTL
     file_cache_size: int = 65536  # last observation of each file (read pre-check); ~300 bytes each
     export_cache_bytes: int = 64 * 1024 * 1024  # Drive exports are at most 10 MB: room for six of the largest
+    chunk_size: int = 8 * 1024 * 1024
+    """Bytes per request of a resumable upload (a multiple of 256 KiB); a file up to this size goes up
+    in one multipart request. Each chunk is read from the source file when it is sent."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +209,17 @@ def mtime_ns(stamp: str) -> int | None:
 def fix_name(name: str) -> str:
     name = name.replace("/", SLASH)
     return DOT * len(name) if name in (".", "..") else name
+
+
+def raw_name(name: str) -> str:
+    """The Drive name a POSIX name is written as: "／" back to "/", nothing else changed."""
+    return name.replace(SLASH, "/")
+
+
+def rfc3339(ns: int) -> str:
+    """A time in ns as Drive takes it (RFC 3339, UTC; Drive keeps milliseconds)."""
+    secs, rest = divmod(ns, 10**9)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rest // 10**6:03d}Z"
 
 
 def _unfix(name: str) -> set[str] | None:
@@ -289,11 +311,27 @@ class _ByteLRU:
         self.used += len(data)
 
 
-class DriveBackend(Backend):
+class _Chunk:
+    """The next step of a resumable upload, shaped as a request for `_call`: `execute` sends one chunk
+    (after the request that opens the session, the first time) over the calling worker's own http."""
+
+    def __init__(self, request: googleapiclient.http.HttpRequest, http: Any) -> None:
+        self.request = request
+        self.http = http
+        self.headers: dict[str, str] = {}
+
+    def execute(self, num_retries: int = 0) -> tuple[Any, Any]:
+        return self.request.next_chunk(http=self.http, num_retries=num_retries)
+
+
+class DriveBackend(WritableBackend):
     scheme = "gdrive"
     Options = DriveOptions
+    atomic_dir_rename = True  # a move is one files.update of the folder's parents
 
     def __init__(self, options: DriveOptions) -> None:
+        if options.chunk_size <= 0 or options.chunk_size % UPLOAD_QUANTUM:
+            raise ValueError(f"chunk_size must be a positive multiple of {UPLOAD_QUANTUM} (256 KiB), not {options.chunk_size}")
         super().__init__(options)
         self.o = options
         formats = {**DEFAULT_EXPORT_FORMATS, **options.export_formats}
@@ -345,6 +383,8 @@ class DriveBackend(Backend):
         service = getattr(self._local, "service", None)
         if service is None:
             http = httplib2.Http(timeout=self.o.timeout)
+            # Drive answers 308 "Resume Incomplete" to resumable chunks: not a redirect (as googleapiclient's build_http).
+            http.redirect_codes = http.redirect_codes - {308}
             with self._https_lock:
                 self._https.append(http)
             authed = google_auth_httplib2.AuthorizedHttp(self.credentials, http=http)
@@ -377,13 +417,15 @@ class DriveBackend(Backend):
     def _common(self) -> dict[str, Any]:
         return {"supportsAllDrives": True}
 
-    async def _query(self, q: str, what: str) -> list[dict[str, Any]]:
-        kwargs: dict[str, Any] = {
-            "q": q, "fields": f"nextPageToken,files({FILE_FIELDS})", "pageSize": self.o.page_size,
-            "spaces": "drive", "includeItemsFromAllDrives": True, "supportsAllDrives": True,
-        }
+    def _list_kwargs(self, q: str, fields: str, page_size: int) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"q": q, "fields": fields, "pageSize": page_size, "spaces": "drive",
+                                  "includeItemsFromAllDrives": True, "supportsAllDrives": True}
         if self.o.drive_id:
             kwargs.update(corpora="drive", driveId=self.o.drive_id)
+        return kwargs
+
+    async def _query(self, q: str, what: str) -> list[dict[str, Any]]:
+        kwargs = self._list_kwargs(q, f"nextPageToken,files({FILE_FIELDS})", self.o.page_size)
         out: list[dict[str, Any]] = []
         while True:
             page = await self._call(lambda s, kw=dict(kwargs): s.files().list(**kw), what)
@@ -498,22 +540,30 @@ class DriveBackend(Backend):
         q = f"{quote(folder.id)} in parents and trashed = false"
         return self._named(await self._entries(await self._query(q, path), path))
 
-    async def _lookup(self, parent: Entry, path: str) -> Entry:
-        """The entry at `path` (fresh metadata) in folder `parent`; ENOENT."""
+    async def _named_like(self, parent: Entry, path: str) -> dict[str, Entry]:
+        """Fresh entries of folder `parent` by display name: at least every one that shows as `path`'s
+        last name or shares its raw name (the duplicates whose generated names depend on it)."""
         name = path.rpartition("/")[2]
         if not valid_name(name):
-            raise not_found(f"{self.describe()}/{path}")
+            return {}
         raws = self._raw_candidates(name)
         if raws is None:
-            named = await self._children(parent, path)
-        else:
-            names = " or ".join(f"name = {quote(r)}" for r in sorted(raws))
-            q = f"{quote(parent.id)} in parents and trashed = false and ({names})"
-            named = self._named(await self._entries(await self._query(q, path), path))
-        entry = named.get(name)
+            return await self._children(parent, path)
+        names = " or ".join(f"name = {quote(r)}" for r in sorted(raws))
+        q = f"{quote(parent.id)} in parents and trashed = false and ({names})"
+        return self._named(await self._entries(await self._query(q, path), path))
+
+    async def _lookup(self, parent: Entry, path: str) -> Entry:
+        """The entry at `path` (fresh metadata) in folder `parent`; ENOENT."""
+        entry = (await self._named_like(parent, path)).get(path.rpartition("/")[2])
         if entry is None:
             raise not_found(f"{self.describe()}/{path}")
         return entry
+
+    async def _siblings(self, path: str) -> tuple[Entry, dict[str, Entry]]:
+        """`path`'s folder (ENOENT/ENOTDIR) and its fresh entries named like `path` (`_named_like`)."""
+        parent = await self._resolve_dir(path.rpartition("/")[0])
+        return parent, await self._named_like(parent, path)
 
     async def _resolve(self, path: str) -> Entry:
         if path == "":
@@ -678,6 +728,260 @@ class DriveBackend(Backend):
                 self._seen.pop(path, None)
                 raise stale(f"{self.describe()}/{path}")
         return data[start:end]
+
+    # --- writes: helpers --------------------------------------------------------------------------
+
+    def _forget(self, path: str, named: dict[str, Entry] | None = None, *, tree: bool = False) -> None:
+        """Drop cached lookups of `path` (and below it, for a folder), and of the siblings in `named`,
+        whose generated names may have changed with it."""
+        parent = path.rpartition("/")[0]
+        paths = {path: tree, **{join(parent, n): e.kind == "dir" for n, e in (named or {}).items()}}
+        for p, below in paths.items():
+            self._dirs.pop(p, None)
+            self._seen.pop(p, None)
+            if below:
+                prefix = p + "/"
+                for cache in (self._dirs, self._seen):
+                    for key in [k for k in list(cache.keys()) if k.startswith(prefix)]:
+                        cache.pop(key, None)
+
+    @staticmethod
+    def _read_only(entry: Entry, what: str) -> None:
+        """EPERM for a Google Doc & co. itself (a shortcut to one is the caller's to judge)."""
+        if entry.kind == "doc":
+            raise SiloError(READ_ONLY, f"{what}: a Google {entry.export_ext} export is read-only")
+
+    @staticmethod
+    def _drive_name(entry: Entry, name: str, what: str) -> str:
+        """The Drive name for `entry` shown as POSIX `name`: a Doc keeps its export extension, which
+        is not part of its Drive name (EPERM if `name` drops or changes it)."""
+        if entry.kind == "doc":
+            ext = f".{entry.export_ext}"
+            if not name.endswith(ext) or name == ext:
+                raise SiloError(READ_ONLY, f"{what}: a Google Doc keeps its extension {ext}")
+            name = name[: -len(ext)]
+        return raw_name(name)
+
+    async def _trash(self, item_id: str, path: str) -> None:
+        await self._call(lambda s: s.files().update(fileId=item_id, body={"trashed": True}, fields="id",
+                                                     supportsAllDrives=True), path)
+
+    async def _has_children(self, folder_id: str, path: str) -> bool:
+        """Whether a folder holds any untrashed item, shown or not (a Form, a name too long...)."""
+        kwargs = self._list_kwargs(f"{quote(folder_id)} in parents and trashed = false", "files(id)", 1)
+        page = await self._call(lambda s: s.files().list(**kwargs), path)
+        return bool(page.get("files"))
+
+    async def _claim(self, parent: Entry, path: str, ours: Entry, lost: int) -> None:
+        """After a create: `path` must now name `ours`. Drive lets two clients create one name at once;
+        the older item keeps the name (the naming rule), so the younger, ours, is deleted for good (it
+        held nothing but what this call wrote) and the call fails with `lost`."""
+        owner = (await self._named_like(parent, path)).get(path.rpartition("/")[2])
+        if owner is not None and owner.item_id == ours.item_id:
+            return
+        try:
+            await self._call(lambda s: s.files().delete(fileId=ours.item_id, supportsAllDrives=True), path)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        what = f"{self.describe()}/{path}"
+        if owner is None:  # the folder went to the trash meanwhile
+            raise not_found(what)
+        raise SiloError(lost, f"{what}: created by another client at the same time")
+
+    async def _upload(self, start: Callable[[Any, googleapiclient.http.MediaFileUpload], Any], source: str,
+                      size: int, mime: str, path: str,
+                      before_commit: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+        """Send the file `source` as the content of the request `start(service, media)` builds: in one
+        multipart request up to `chunk_size`, else resumably, one chunk per worker hop, each retried on
+        its own (a retry asks the session what it kept and goes on from there). `before_commit` runs
+        just before the request that commits (the only one, or the last chunk)."""
+        if size <= self.o.chunk_size:
+            if before_commit is not None:
+                await before_commit()
+
+            def whole(s: Any) -> Any:
+                media = googleapiclient.http.MediaFileUpload(source, mimetype=mime, resumable=False)
+                try:
+                    return start(s, media)  # reads the bytes now
+                finally:
+                    media.stream().close()
+
+            return await self._call(whole, path)
+        media: googleapiclient.http.MediaFileUpload | None = None
+        request: googleapiclient.http.HttpRequest | None = None
+
+        def step(s: Any) -> _Chunk:
+            nonlocal media, request
+            if request is None:
+                media = googleapiclient.http.MediaFileUpload(source, mimetype=mime, chunksize=self.o.chunk_size,
+                                                             resumable=True)
+                request = start(s, media)
+            return _Chunk(request, s._http)
+
+        try:
+            while True:
+                sent = request.resumable_progress if request is not None else 0
+                if before_commit is not None and size - sent <= self.o.chunk_size:
+                    await before_commit()
+                    before_commit = None
+                _, body = await self._call(step, path)
+                if body is not None:
+                    return body
+        finally:
+            if media is not None:
+                media.stream().close()
+
+    # --- the WritableBackend protocol -------------------------------------------------------------
+
+    async def write_file(self, path: str, source: str, expected: str | None, mtime_ns: int | None = None) -> ObjectMeta:
+        what = f"{self.describe()}/{path}"
+        if not path:
+            raise SiloError(errno.EISDIR, what)
+        parent, named = await self._siblings(path)
+        name = path.rpartition("/")[2]
+        current = named.get(name)
+        if current is not None:
+            if current.kind == "dir":
+                raise SiloError(errno.EISDIR, what)
+            self._read_only(current, what)
+        if (current.version if current is not None else None) != expected:
+            raise stale(what)
+        size = await self.run_sync(os.path.getsize, source)
+        mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        body: dict[str, Any] = {"modifiedTime": rfc3339(mtime_ns)} if mtime_ns is not None else {}
+        if current is None:
+            body.update(name=raw_name(name), parents=[parent.id])
+            resource = await self._upload(
+                lambda s, media: s.files().create(body=body, media_body=media, fields=FILE_FIELDS,
+                                                  supportsAllDrives=True), source, size, mime, path)
+            entry = self._entry(resource, resource)
+            assert entry is not None
+            await self._claim(parent, path, entry, errno.ESTALE)
+        else:
+            file_id = current.id
+
+            async def unchanged() -> None:
+                """The precondition, again, just before the commit (Drive has none of its own)."""
+                now = await self._get(file_id, WRITE_CHECK_FIELDS, path)
+                renamed = current.item_id == current.id and now.get("name") != current.name
+                if now.get("trashed") or renamed or current.observed(now).version != expected:
+                    raise stale(what)
+
+            try:
+                resource = await self._upload(
+                    lambda s, media: s.files().update(fileId=file_id, body=body, media_body=media,
+                                                      fields=FILE_FIELDS, supportsAllDrives=True),
+                    source, size, mime, path, before_commit=None if size <= self.o.chunk_size else unchanged)
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:  # deleted since it was looked at
+                    raise stale(what) from exc
+                raise
+            entry = current.observed(resource)
+        self._forget(path, named)
+        self._seen[path] = entry
+        return await self._meta(path, entry)
+
+    async def delete(self, path: str) -> None:
+        what = f"{self.describe()}/{path}"
+        if not path:
+            raise SiloError(errno.EISDIR, what)
+        _, named = await self._siblings(path)
+        entry = named.get(path.rpartition("/")[2])
+        if entry is None:
+            raise not_found(what)
+        if entry.kind == "dir":
+            raise SiloError(errno.EISDIR, what)
+        if entry.item_id == entry.id:  # a shortcut goes, whatever it points to
+            self._read_only(entry, what)
+        await self._trash(entry.item_id, path)
+        self._forget(path, named)
+
+    async def mkdir(self, path: str) -> None:
+        what = f"{self.describe()}/{path}"
+        if not path:
+            raise SiloError(errno.EEXIST, what)
+        parent, named = await self._siblings(path)
+        name = path.rpartition("/")[2]
+        if name in named:
+            raise SiloError(errno.EEXIST, what)
+        body = {"name": raw_name(name), "mimeType": FOLDER, "parents": [parent.id]}
+        resource = await self._call(
+            lambda s: s.files().create(body=body, fields=FILE_FIELDS, supportsAllDrives=True), path)
+        entry = self._entry(resource, resource)
+        assert entry is not None
+        await self._claim(parent, path, entry, errno.EEXIST)
+        self._forget(path, named)
+        self._dirs[path] = entry
+
+    async def rmdir(self, path: str) -> None:
+        what = f"{self.describe()}/{path}"
+        if not path:
+            raise SiloError(errno.EBUSY, f"{what}: the root cannot be removed")
+        _, named = await self._siblings(path)
+        entry = named.get(path.rpartition("/")[2])
+        if entry is None:
+            raise not_found(what)
+        if entry.kind != "dir":
+            raise not_a_directory(what)
+        if await self._has_children(entry.id, path):
+            raise SiloError(errno.ENOTEMPTY, what)
+        await self._trash(entry.item_id, path)
+        self._forget(path, named, tree=True)
+
+    async def rename(self, src: str, dst: str, *, replace: bool = True, limit: int = DEFAULT_RENAME_LIMIT) -> None:
+        what = f"{self.describe()}/{src}"
+        if not src or not dst:
+            raise SiloError(errno.EBUSY, f"{self.describe()}: the root cannot be renamed")
+        if dst.startswith(src + "/"):
+            raise SiloError(errno.EINVAL, f"{what}: cannot move a folder into itself")
+        src_parent, src_named = await self._siblings(src)
+        entry = src_named.get(src.rpartition("/")[2])
+        if entry is None:
+            raise not_found(what)
+        if src == dst:
+            return
+        dst_parent, dst_named = await self._siblings(dst)
+        dst_name = dst.rpartition("/")[2]
+        name = self._drive_name(entry, dst_name, what)
+        target = dst_named.get(dst_name)
+        if target is not None and target.item_id != entry.item_id:
+            there = f"{self.describe()}/{dst}"
+            if not replace:
+                raise SiloError(errno.EEXIST, there)
+            if entry.kind == "dir" and target.kind != "dir":
+                raise not_a_directory(there)
+            if entry.kind != "dir" and target.kind == "dir":
+                raise SiloError(errno.EISDIR, there)
+            if target.item_id == target.id:
+                self._read_only(target, there)
+            if target.kind == "dir" and await self._has_children(target.id, dst):
+                raise SiloError(errno.ENOTEMPTY, there)
+            await self._trash(target.item_id, dst)
+        kwargs: dict[str, Any] = {"fileId": entry.item_id, "body": {"name": name}, "fields": "id",
+                                  "supportsAllDrives": True}
+        if dst_parent.id != src_parent.id:
+            kwargs.update(addParents=dst_parent.id, removeParents=src_parent.id)
+        try:
+            await self._call(lambda s: s.files().update(**kwargs), src)
+        finally:
+            self._forget(src, src_named, tree=entry.kind == "dir")
+            self._forget(dst, dst_named, tree=True)
+
+    async def set_mtime(self, path: str, mtime_ns: int) -> ObjectMeta:
+        what = f"{self.describe()}/{path}"
+        entry = await self._resolve(path)
+        self._read_only(entry, what)
+        resource = await self._call(
+            lambda s: s.files().update(fileId=entry.id, body={"modifiedTime": rfc3339(mtime_ns)},
+                                       fields=FILE_FIELDS, supportsAllDrives=True), path)
+        entry = entry.observed(resource)
+        if path:
+            if entry.kind == "dir":
+                self._dirs[path] = entry
+            else:
+                self._seen[path] = entry
+        return await self._meta(path, entry)
 
     async def aclose(self) -> None:
         with self._https_lock:
