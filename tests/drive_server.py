@@ -469,11 +469,12 @@ class DriveServer:
         with self.lock:
             del self.files[file_id]
 
-    def find(self, path: str) -> str | None:
-        """The id of the untrashed file at a '/'-path of raw Drive names (first match), or None."""
+    def find(self, path: str | list[str]) -> str | None:
+        """The id of the untrashed file at a '/'-path of raw Drive names (or a list of them, which may
+        hold "/"), first match, or None."""
         with self.lock:
             current = self.root_id
-            for part in [p for p in path.split("/") if p]:
+            for part in [p for p in (path.split("/") if isinstance(path, str) else path) if p]:
                 match = [f for f in self.files.values()
                          if current in f.parents and f.name == part and not f.in_trash(self.files)]
                 if not match:
@@ -481,8 +482,8 @@ class DriveServer:
                 current = match[0].id
             return current
 
-    def read(self, path: str) -> bytes | None:
-        """The content of the file at a '/'-path of raw Drive names, or None (no such file, or a folder)."""
+    def read(self, path: str | list[str]) -> bytes | None:
+        """The content of the file at `path` (as `find` takes it), or None (no such file, or a folder)."""
         with self.lock:
             fid = self.find(path)
             f = self.files.get(fid) if fid is not None else None

@@ -1,13 +1,17 @@
 """Drive-specific behaviour of the gdrive backend, against the loopback Drive v3 server.
 
 Conformance (tests/test_backend_conformance.py, VFS_TEST_SILOS=gdrive) covers the common contract;
-these cover what only Drive has: duplicate names, shortcuts, trash, Docs exports, rate limits.
+these cover what only Drive has: duplicate names, shortcuts, trash, Docs exports, rate limits; and,
+for writes (tests/test_backend_writes.py has the common contract): names written back, read-only Docs,
+the trash, resumable chunks, the precondition checked before the commit, create races.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import json
+import random
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
 
@@ -15,22 +19,22 @@ import google.oauth2.credentials
 import pytest
 import trio
 
-from tests.drive_server import DriveServer, render_export, rfc3339
+from tests.drive_server import DriveServer, Upload, render_export, rfc3339
 from tests.silos.gdrive import drive, put, write_token
-from vfs.mounts.gdrive import DOT, SLASH, DriveBackend, DriveOptions
+from vfs.mounts.gdrive import DOT, SLASH, UPLOAD_QUANTUM, DriveBackend, DriveOptions
 from vfs.mounts.gdrive_auth import token_info
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
-def run(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    return trio.run(fn, *args)
+def run(fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+    return trio.run(functools.partial(fn, *args, **kwargs))
 
 
-def expect_errno(err: int, fn: Callable[..., Awaitable[Any]], *args: Any) -> OSError:
+def expect_errno(err: int, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> OSError:
     with pytest.raises(OSError) as info:
-        run(fn, *args)
+        run(fn, *args, **kwargs)
     assert info.value.errno == err, f"expected {errno.errorcode[err]}, got {info.value!r}"
     return info.value
 
@@ -345,3 +349,220 @@ def test_mount_options_token_file_loads(tmp_path: Path) -> None:
         backend = DriveBackend(DriveOptions(root_url=server.url, token_file=str(token_file)))
         assert read_all(backend, "hello") == b"hi"
         assert server.counts["token"] == 0  # a valid stored token is used as is
+
+
+# --- writes ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def src(tmp_path: Path) -> Callable[[bytes], str]:
+    def make(data: bytes) -> str:
+        p = tmp_path / f"src-{len(list(tmp_path.glob('src-*')))}"
+        p.write_bytes(data)
+        return str(p)
+    return make
+
+
+def test_written_names_map_back_to_drive_names(env, src) -> None:
+    server, make = env
+    backend = make()
+    run(backend.write_file, f"a{SLASH}b.txt", src(b"slash"), None)
+    fid = server.find(["a/b.txt"])
+    assert fid is not None and server.read(["a/b.txt"]) == b"slash"
+    run(backend.mkdir, f"x{SLASH}y")
+    assert server.find(["x/y"]) is not None
+    # a rename sets the name as shown, "／" back to "/", nothing stripped (a suffix is a real name then)
+    run(backend.rename, f"a{SLASH}b.txt", f"x{SLASH}y/c{SLASH}d [12345678].txt")
+    assert server.get_file(fid).name == "c/d [12345678].txt" and server.get_file(fid).parents == [server.find(["x/y"])]
+    assert set(listing(backend, f"x{SLASH}y")) == {f"c{SLASH}d [12345678].txt"}
+    assert read_all(backend, f"x{SLASH}y/c{SLASH}d [12345678].txt") == b"slash"
+
+
+def test_writes_beside_duplicate_names_follow_the_naming_rules(env, src) -> None:
+    server, make = env
+    first = server.add_file("dup.txt", b"first")
+    second = server.add_file("dup.txt", b"second")
+    backend = make()
+    younger = f"dup [{second[:8]}].txt"
+    assert set(listing(backend)) == {"dup.txt", younger}
+    expect_errno(errno.ESTALE, backend.write_file, "dup.txt", src(b"new"), None)  # the name is taken
+    expect_errno(errno.ESTALE, backend.write_file, younger, src(b"new"), None)  # so is the generated one
+    seen = run(backend.stat, younger)
+    meta = run(backend.write_file, younger, src(b"second, edited"), seen.version)  # that very file, same id
+    assert server.get_file(second).content == b"second, edited" and server.get_file(first).content == b"first"
+    assert meta.path == younger and run(backend.stat, younger) == meta
+    # the oldest goes (to the trash): the next oldest takes the bare name, its generated one is gone
+    run(backend.delete, "dup.txt")
+    assert server.get_file(first).trashed
+    expect_errno(errno.ENOENT, backend.stat, younger)
+    assert read_all(backend, "dup.txt") == b"second, edited"
+
+
+def test_docs_are_read_only(env, src) -> None:
+    server, make = env
+    doc = server.add_doc("Report", b"text")
+    server.add_file("plain.bin", b"x")
+    folder = server.add_folder("archive")
+    backend = make()
+    meta = run(backend.stat, "Report.docx")
+    for call in ((backend.write_file, "Report.docx", src(b"x"), meta.version),
+                 (backend.write_file, "Report.docx", src(b"x"), None),
+                 (backend.delete, "Report.docx"),
+                 (backend.set_mtime, "Report.docx", 10**18)):
+        err = expect_errno(errno.EPERM, *call)
+        assert "read-only" in str(err)
+    expect_errno(errno.EPERM, backend.rename, "plain.bin", "Report.docx")  # would trash the Doc
+    expect_errno(errno.EPERM, backend.rename, "Report.docx", "Report.pdf")  # a Doc keeps its extension
+    expect_errno(errno.EPERM, backend.rename, "Report.docx", ".docx")
+    assert not server.get_file(doc).trashed and server.get_file(doc).content == b"text"
+    # renaming or moving one only changes a name: allowed, the extension is not part of the Drive name
+    run(backend.rename, "Report.docx", "archive/Report 2024.docx")
+    f = server.get_file(doc)
+    assert (f.name, f.parents) == ("Report 2024", [folder])
+    assert read_all(backend, "archive/Report 2024.docx").endswith(b"text")
+    expect_errno(errno.ENOENT, backend.stat, "Report.docx")
+
+
+def test_delete_and_rmdir_use_the_trash(env, src) -> None:
+    server, make = env
+    fid = server.add_file("f.bin", b"x")
+    empty = server.add_folder("empty")
+    hidden = server.add_folder("holds a form")
+    server._add("Survey", "application/vnd.google-apps.form", hidden)  # not shown, but there
+    backend = make()
+    run(backend.delete, "f.bin")
+    run(backend.rmdir, "empty")
+    assert server.get_file(fid).trashed and server.get_file(empty).trashed  # undoable, not deleted
+    assert run(backend.list_dir, "holds a form") == []
+    expect_errno(errno.ENOTEMPTY, backend.rmdir, "holds a form")
+    assert not server.get_file(hidden).trashed
+    expect_errno(errno.EISDIR, backend.delete, "holds a form")
+    expect_errno(errno.EBUSY, backend.rmdir, "")
+
+
+def test_large_files_go_up_in_resumable_chunks(env, src) -> None:
+    server, make = env
+    backend = make(chunk_size=UPLOAD_QUANTUM)
+    data = random.Random(3).randbytes(5 * UPLOAD_QUANTUM + 1000)
+    when = 1_500_000_000_123 * 10**6
+    meta = run(backend.write_file, "big.bin", src(data), None, when)
+    assert (server.counts["upload"], server.counts["chunk"], server.counts["create"]) == (1, 6, 0)
+    assert meta.size == len(data) and meta.mtime_ns == when
+    fid = server.find("big.bin")
+    assert fid is not None and server.read("big.bin") == data
+    before = file_meta(server, fid)
+    new = data[::-1]
+    server.fail_next(1, 503, "backendError")  # a chunk refused: retried, the session goes on
+    meta2 = run(backend.write_file, "big.bin", src(new), meta.version)
+    after = file_meta(server, fid)
+    assert server.find("big.bin") == fid and server.read("big.bin") == new  # a new revision of the same id
+    assert after["headRevisionId"] != before["headRevisionId"] and int(after["version"]) > int(before["version"])
+    assert meta2.version == after["md5Checksum"] != meta.version
+    assert server.counts["upload"] == 2 and backend.stats.retries == 1
+    small = run(backend.write_file, "small.bin", src(b"tiny"), None)  # up to a chunk: one multipart request
+    assert server.counts["create"] == 1 and server.counts["upload"] == 2 and small.size == 4
+
+
+def test_change_before_the_last_chunk_is_estale(env, src, monkeypatch) -> None:
+    server, make = env
+    fid = server.add_file("f.bin", b"original")
+    backend = make(chunk_size=UPLOAD_QUANTUM)
+    seen = run(backend.stat, "f.bin")
+    put_chunk = server.put_chunk
+
+    def theirs_lands_meanwhile(upload_id: str, content_range: str | None, body: bytes) -> tuple[int, Upload]:
+        if server.counts["chunk"] == 2:
+            server.replace(fid, b"theirs")
+        return put_chunk(upload_id, content_range, body)
+
+    monkeypatch.setattr(server, "put_chunk", theirs_lands_meanwhile)
+    data = random.Random(4).randbytes(3 * UPLOAD_QUANTUM)
+    expect_errno(errno.ESTALE, backend.write_file, "f.bin", src(data), seen.version)
+    assert server.read("f.bin") == b"theirs" and server.counts["chunk"] == 2  # the last chunk never went
+
+
+def test_a_create_racing_another_keeps_the_older(env, src, monkeypatch) -> None:
+    server, make = env
+    backend = make()
+    create = server.create
+
+    def another_client_first(metadata: dict[str, Any], media: Any) -> Any:
+        if metadata.get("name") == "race.txt":
+            server.add_file("race.txt", b"theirs")  # older than ours by a millisecond
+        elif metadata.get("name") == "d":
+            server.add_folder("d")
+        return create(metadata, media)
+
+    monkeypatch.setattr(server, "create", another_client_first)
+    expect_errno(errno.ESTALE, backend.write_file, "race.txt", src(b"ours"), None)
+    assert set(listing(backend)) == {"race.txt"} and read_all(backend, "race.txt") == b"theirs"
+    assert len([f for f in server.files.values() if f.name == "race.txt"]) == 1  # ours deleted for good
+
+    def another_client_after(metadata: dict[str, Any], media: Any) -> Any:
+        made = create(metadata, media)
+        if metadata.get("name") == "late.txt":
+            server.add_file("late.txt", b"theirs")  # younger: shows with a suffix, ours keeps the name
+        return made
+
+    monkeypatch.setattr(server, "create", another_client_after)
+    run(backend.write_file, "late.txt", src(b"ours"), None)
+    assert read_all(backend, "late.txt") == b"ours"
+    monkeypatch.setattr(server, "create", another_client_first)
+    expect_errno(errno.EEXIST, backend.mkdir, "d")  # mkdir: the same, with EEXIST
+    assert len([f for f in server.files.values() if f.name == "d"]) == 1 and run(backend.stat, "d").is_dir
+
+
+def test_directory_rename_is_one_call_and_forgets_old_paths(env, src) -> None:
+    server, make = env
+    backend = make()
+    run(backend.mkdir, "a")
+    run(backend.mkdir, "a/b")
+    run(backend.write_file, "a/b/f.txt", src(b"deep"), None)
+    assert read_all(backend, "a/b/f.txt") == b"deep" and listing(backend, "a/b")  # cached under a/...
+    before = server.counts["update"]
+    run(backend.rename, "a", "z")
+    assert server.counts["update"] - before == 1
+    expect_errno(errno.ENOENT, backend.stat, "a/b/f.txt")
+    expect_errno(errno.ENOENT, backend.list_dir, "a/b")
+    assert read_all(backend, "z/b/f.txt") == b"deep"
+    expect_errno(errno.EINVAL, backend.rename, "z", "z/b/inside")
+    run(backend.mkdir, "empty")
+    run(backend.rename, "z", "empty")  # over an empty folder: it goes to the trash
+    assert read_all(backend, "empty/b/f.txt") == b"deep"
+    run(backend.mkdir, "full")
+    run(backend.write_file, "full/x", src(b"x"), None)
+    expect_errno(errno.ENOTEMPTY, backend.rename, "empty", "full")
+    expect_errno(errno.ENOTDIR, backend.rename, "empty", "full/x")
+    expect_errno(errno.EISDIR, backend.rename, "full/x", "empty")
+
+
+def test_shortcuts_write_through_but_go_themselves(env, src) -> None:
+    server, make = env
+    target = server.add_file("target.bin", b"target")
+    link = server.add_shortcut("link.bin", target)
+    backend = make()
+    seen = run(backend.stat, "link.bin")
+    run(backend.write_file, "link.bin", src(b"through the link"), seen.version)
+    assert server.get_file(target).content == b"through the link"
+    run(backend.rename, "link.bin", "moved link.bin")
+    assert server.get_file(link).name == "moved link.bin" and server.get_file(target).name == "target.bin"
+    run(backend.delete, "moved link.bin")
+    assert server.get_file(link).trashed and not server.get_file(target).trashed
+
+
+def test_set_mtime_keeps_the_version(env) -> None:
+    server, make = env
+    fid = server.add_file("f.bin", b"same")
+    backend = make()
+    meta = run(backend.stat, "f.bin")
+    after = run(backend.set_mtime, "f.bin", 1_234_567_890_000 * 10**6)
+    assert after.mtime_ns == 1_234_567_890_000 * 10**6 and after.version == meta.version
+    assert file_meta(server, fid)["modifiedTime"] == "2009-02-13T23:31:30.000Z"
+    assert run(backend.read_range, "f.bin", 0, 10, meta.version) == b"same"
+
+
+def test_chunk_size_must_be_a_multiple_of_256_kib(env) -> None:
+    _, make = env
+    with pytest.raises(ValueError):
+        make(chunk_size=UPLOAD_QUANTUM + 1)
+    with pytest.raises(ValueError):
+        make(chunk_size=0)

@@ -76,7 +76,7 @@ def open_silo(tmp: Path, files: dict[str, bytes], empty_dirs: list[str], shadowe
                                              page_size=PAGE_SIZE, chunk_size=chunk_size))
 
         def fetch(path: str) -> bytes | None:
-            return server.read(path.replace(SLASH, "/"))  # display names -> raw (no duplicates in these tests)
+            return server.read([p.replace(SLASH, "/") for p in path.split("/")])  # shown names -> raw ones
 
         backend = make()
         yield Silo(

@@ -20,7 +20,7 @@ How Drive becomes a POSIX tree:
   take the bare name. A generated name never hides a real one (that duplicate is left out).
 - Google Docs, Sheets, Slides, Drawings appear as exports: name + "." + extension (`export_formats`,
   defaults docx/xlsx/pdf/png; a type mapped to "" is hidden, as are Forms, Sites, Maps...). They
-  are read-only. Their size is the exported size: with `export_sizes` (default) a listing or stat
+  are read-only (EPERM). Their size is the exported size: with `export_sizes` (default) a listing or stat
   exports each Doc not yet exported (once per (id, modifiedTime, format); bytes kept in a small
   bounded cache), so `st_size` is right and `cat` works; with it off, a Doc not yet exported reports
   size 0. A Doc whose export fails reports 0 and its read raises the error.
@@ -37,6 +37,44 @@ ESTALE. If only the fingerprint moved (a metadata-only change, or a re-upload of
 the read is repeated with the new observation. A Doc read serves its export cached for
 (id, modifiedTime) after checking modifiedTime is still `version`; a fresh export is likewise
 bracketed by the observation before and a check after.
+
+Writes (a WritableBackend; `atomic_dir_rename`: moving a folder is one call):
+- Names: a POSIX name becomes the Drive name with "／" turned back into "/" and nothing else changed
+  (a name like "a [1AbCdEfG].txt" is then a real name and shows as itself). A path is looked up by
+  the rules above, so writing "dup [1AbCdEfG].txt" writes that duplicate. A file or folder is
+  created only if nothing shows under its name (write_file: ESTALE, mkdir: EEXIST); Drive itself
+  would create a second item. After a create the name is looked up again: if another client created
+  it meanwhile, the older item keeps the name (the duplicates rule), so the younger, when it is ours,
+  is deleted for good (it held only what this call wrote) and the call fails as above. A success
+  therefore always means the path names what was written.
+- write_file: a create is files.create; a replace is files.update with media of the same id (a new
+  head revision: sharing, comments and older revisions stay). Drive has no precondition on
+  files.update (no If-Match, no etag in v3), so the version seen (md5Checksum, else headRevisionId)
+  is compared with `expected` by a fresh lookup just before the upload and, for a resumable upload,
+  again (files.get of the id: content, trash, name) just before the last chunk, which commits. The
+  window left is that one request's time: a writer committing inside it is overwritten (its bytes
+  stay in Drive's revision history). A file up to `chunk_size` goes up in one multipart request;
+  above it, resumably in `chunk_size` chunks (a multiple of 256 KiB, Drive's rule) read from the
+  source file as they are sent, one request per worker hop, each retried on its own (a retry asks
+  the session what it kept and goes on from there). modifiedTime is `mtime_ns` (Drive keeps ms);
+  the MIME type comes from the name's extension.
+- delete and rmdir move the item to Drive's trash (files.update trashed=true), which a user can undo
+  (Drive empties it after 30 days); files.delete is used only on our own item that lost a name race.
+  rmdir is ENOTEMPTY while the folder holds any untrashed item, shown or not (a Form, a name too
+  long), because trashing a folder trashes its contents; an item added between that check and the
+  trash goes to the trash with the folder.
+- rename: one files.update (name, and addParents/removeParents for a move): atomic, folders too.
+  Replacing a target first trashes it: two calls, between which neither name shows the target.
+- set_mtime: files.update of modifiedTime (no new revision; a blob's version stays).
+- Google Docs, Sheets, Slides and Drawings are read-only: write_file, delete and set_mtime of one,
+  and a rename over one, fail with EPERM. Not EACCES: that is what Drive's own 403s (sharing,
+  permissions) map to, and it would send the user to check them; not EROFS: the rest of the mount is
+  writable. EPERM is what Linux answers for an immutable file (chattr +i). Renaming or moving a Doc
+  is allowed (it changes only a name): the new name keeps the export extension (".docx"), which is
+  not part of the Drive name; another extension is EPERM.
+- A shortcut is written through to its target (as a symlink is), but deleted and renamed itself.
+- Caches: a write drops the lookups of every path it changes (the path, below a renamed or removed
+  folder, and the duplicates whose generated names may move with it) and caches what it created.
 
 Rate limits (403 userRateLimitExceeded/rateLimitExceeded, 429) and 5xx are retried with exponential
 backoff and full jitter, `max_retries` times; then EAGAIN (EIO for 5xx). Other errors map through
