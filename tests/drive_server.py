@@ -2,8 +2,10 @@
 
 The official google-api-python-client talks to it unchanged (discovery document with rootUrl pointed
 here). What it serves, shaped as the real API shapes it:
-- `GET /drive/v3/files`: `q` (a real parser: `'<id>' in parents`, `name = / != / contains`,
-  `mimeType = / !=`, `trashed = true|false`, joined with and/or/not and parentheses), `fields`
+- `GET /drive/v3/files` (or a POST of its query with `X-HTTP-Method-Override: GET`, which
+  googleapiclient sends for a URL over 2048 characters): `q` (a real parser: `'<id>' in parents`,
+  `name = / != / contains`, `mimeType = / !=`, `trashed = true|false`, joined with and/or/not and
+  parentheses), `fields`
   (partial responses, nested `files(...)`), `pageSize` (1..1000, default 100) / `pageToken` /
   `nextPageToken`, `orderBy` (name, createdTime, modifiedTime, folder; `desc`);
 - `GET /drive/v3/files/<id>`: metadata with `fields`, or `alt=media` honouring `Range` (206 +
@@ -684,15 +686,16 @@ class DriveServer:
         with self.lock:
             if file_id is not None and self.resolve(file_id) not in self.files:
                 raise not_found(file_id)
+            for parent in (metadata.get("parents") or [])[:1] if file_id is None else params.get("addParents", "").split(","):
+                if parent:
+                    self._parent(parent)  # a missing parent is refused now, not after the upload
             upload_id = "ADPyc" + self._new_id()
             self.uploads[upload_id] = Upload(
                 upload_id, file_id, metadata, dict(params),
                 headers.get("X-Upload-Content-Type") or "application/octet-stream",
                 int(total) if total is not None and total.isdigit() else None)
         path = "upload/drive/v3/files" + (f"/{file_id}" if file_id is not None else "")
-        query = urllib.parse.urlencode({**{k: v for k, v in params.items() if k in ("fields", "addParents", "removeParents")},
-                                        "uploadType": "resumable", "upload_id": upload_id})
-        return f"{self.url}{path}?{query}"
+        return f"{self.url}{path}?uploadType=resumable&upload_id={upload_id}"  # the session keeps the rest
 
     def put_chunk(self, upload_id: str, content_range: str | None, body: bytes) -> tuple[int, "Upload"]:
         """One PUT to a session URI: (200, session) once committed, else (308, session)."""
@@ -809,6 +812,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts, params = self._route()
+        self._get(parts, params)
+
+    def _get(self, parts: list[str], params: dict[str, str]) -> None:
         try:
             if parts[:3] != ["drive", "v3", "files"] or len(parts) > 5 or (len(parts) == 5 and parts[4] != "export"):
                 raise DriveError(404, "notFound", f"Not Found: {self.path}")
@@ -892,6 +898,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self._body()
         parts, params = self._route()
+        if self.headers.get("X-HTTP-Method-Override", "").upper() == "GET":
+            # A GET whose URL is too long (googleapiclient: over 2048 characters) comes as a POST of its query.
+            self._get(parts, {**params, **dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True))})
+            return
         try:
             if parts == ["token"]:
                 self._token(body)

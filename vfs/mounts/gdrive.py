@@ -428,6 +428,7 @@ class DriveBackend(WritableBackend):
             authed = google_auth_httplib2.AuthorizedHttp(self.credentials, http=http)
             service = googleapiclient.discovery.build_from_document(self._doc, http=authed)
             self._local.service = service
+            self._local.http = authed
         return service
 
     def _execute(self, make: Callable[[Any], Any], headers: dict[str, str] | None) -> Any:
@@ -787,7 +788,7 @@ class DriveBackend(WritableBackend):
     def _read_only(entry: Entry, what: str) -> None:
         """EPERM for a Google Doc & co. itself (a shortcut to one is the caller's to judge)."""
         if entry.kind == "doc":
-            raise SiloError(READ_ONLY, f"{what}: a Google {entry.export_ext} export is read-only")
+            raise SiloError(READ_ONLY, f"{what}: a Google Docs Editors file (shown as its export) is read-only")
 
     @staticmethod
     def _drive_name(entry: Entry, name: str, what: str) -> str:
@@ -855,7 +856,7 @@ class DriveBackend(WritableBackend):
                 media = googleapiclient.http.MediaFileUpload(source, mimetype=mime, chunksize=self.o.chunk_size,
                                                              resumable=True)
                 request = start(s, media)
-            return _Chunk(request, s._http)
+            return _Chunk(request, self._local.http)  # this worker's own http, whichever built the request
 
         try:
             while True:
