@@ -369,7 +369,7 @@ class DriveBackend(WritableBackend):
 
     def __init__(self, options: DriveOptions) -> None:
         if options.chunk_size <= 0 or options.chunk_size % UPLOAD_QUANTUM:
-            raise ValueError(f"chunk_size must be a positive multiple of {UPLOAD_QUANTUM} (256 KiB), not {options.chunk_size}")
+            raise ValueError(f"chunk_size must be a positive multiple of 256 KiB, not {options.chunk_size}")
         super().__init__(options)
         self.o = options
         formats = {**DEFAULT_EXPORT_FORMATS, **options.export_formats}
@@ -421,7 +421,7 @@ class DriveBackend(WritableBackend):
         service = getattr(self._local, "service", None)
         if service is None:
             http = httplib2.Http(timeout=self.o.timeout)
-            # Drive answers 308 "Resume Incomplete" to resumable chunks: not a redirect (as googleapiclient's build_http).
+            # Drive answers 308 "Resume Incomplete" to resumable chunks: no redirect (as googleapiclient's build_http).
             http.redirect_codes = http.redirect_codes - {308}
             with self._https_lock:
                 self._https.append(http)
