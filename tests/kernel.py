@@ -58,7 +58,10 @@ def start_mount(tmp: Path, config: dict[str, Any], name: str = "mnt", extra_args
     mountpoint = tmp / name
     mountpoint.mkdir(exist_ok=True)
     cfg = tmp / f"{name}.toml"
-    cfg.write_text(tomli_w.dumps(config))
+    # Read-only unless the test asks for writes; a test's staged files stay in its own directory.
+    write = {"mode": "off", **config.get("write", {})}
+    write.setdefault("staging_dir", str(tmp / f"{name}-staging"))
+    cfg.write_text(tomli_w.dumps({**config, "write": write}))
     log = tmp / f"{name}.log"
     argv = [sys.executable, "-m", "vfs", "mount", str(mountpoint), "--config", str(cfg), "--foreground",
             "--log-level", "debug", "--log-file", str(log), *extra_args]

@@ -40,7 +40,8 @@ def test_minimal_config_has_defaults() -> None:
     assert c.source == SRC
     assert c.cache.block_size == 4 * 1024**2 and c.cache.ram_policy == "lru"
     assert c.metadata.ttl == 60.0 and c.metadata.negative_ttl == 5.0
-    assert c.fuse.read_only and c.fuse.auto_unmount and not c.fuse.allow_other
+    assert not c.fuse.read_only and c.fuse.auto_unmount and not c.fuse.allow_other
+    assert c.write.mode == "through" and c.write.write_back_delay == 5.0 and c.write.staging_size == 10 * 1024**3
     (m,) = c.mounts
     assert (m.path, m.backend, m.ttl, m.negative_ttl) == ("/m", "memory", None, None)
     assert m.options.name == "mem"  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from tests.test_metadata import SlowMemory
 from vfs.cache.block import BlockKey
 from vfs.cache.tiered import BlockCache, build_cache
+from vfs.mount_table import Mount
 from vfs.reader import Reader
 
 BS = 4096
@@ -30,7 +31,7 @@ def payload(size: int, seed: int = 0) -> bytes:
 
 def open_file(reader: Reader, backend: SlowMemory, key: str) -> int:
     data, version, _ = backend.objects[key]
-    return reader.open("/m", backend, key, version, len(data))
+    return reader.open(Mount("/m", backend, 60, 5), key, version, len(data))
 
 
 @settings(max_examples=60, deadline=None)
@@ -292,7 +293,7 @@ def test_blocks_are_keyed_by_mount_path_and_version() -> None:
         await reader.read(fh, 0, 10)
         version = backend.objects["obj"][1]
         assert BlockKey("/m", "obj", version, 0) in c.ram
-        other = reader.open("/other", backend, "obj", version, 10)  # same object, other mount
+        other = reader.open(Mount("/other", backend, 60, 5), "obj", version, 10)  # same object, other mount
         await reader.read(other, 0, 10)
         assert BlockKey("/other", "obj", version, 0) in c.ram
         assert backend.requests == 2

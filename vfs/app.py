@@ -18,9 +18,10 @@ from vfs.config import Config, ConfigError
 from vfs.fuse_ops import FuseOps
 from vfs.mount_table import Mount, MountTable
 from vfs.mounts import backend_class
-from vfs.mounts.base import Backend
+from vfs.mounts.base import Backend, WritableBackend
 from vfs.namespace import Namespace
 from vfs.reader import Reader
+from vfs.staging import StagingArea
 
 log = logging.getLogger(__name__)
 
@@ -108,21 +109,49 @@ def open_backends(config: Config) -> list[Mount]:
             backend: Backend = backend_class(m.backend)(m.options)
         except (ValueError, OSError) as exc:
             raise ConfigError(f"{config.source}: mount #{i + 1} ({m.path}): {exc}") from None
+        mode = "off" if config.fuse.read_only else (m.write_mode or config.write.mode)
+        if mode != "off" and not isinstance(backend, WritableBackend):
+            raise ConfigError(f"{config.source}: mount #{i + 1} ({m.path}).write_mode: {m.backend} cannot be written")
         mounts.append(Mount(
             m.path, backend,
             ttl=config.metadata.ttl if m.ttl is None else m.ttl,
             negative_ttl=config.metadata.negative_ttl if m.negative_ttl is None else m.negative_ttl,
+            write_mode=mode, rename_limit=config.write.rename_limit,
         ))
     return mounts
 
 
-def build_namespace(config: Config) -> Namespace:
+def staging_area(config: Config, mountpoint: str) -> StagingArea:
+    """The staging area of a mountpoint: a directory of its own under `staging_dir`, so that pending
+    commits resume when the same mountpoint is mounted again."""
+    name = os.path.realpath(mountpoint).strip("/").replace("/", "_") or "root"
+    directory = os.path.join(os.path.expanduser(config.write.staging_dir), name)
+    try:
+        return StagingArea(directory, config.write.staging_size)
+    except OSError as exc:
+        raise ConfigError(f"{config.source}: write.staging_dir: {exc}") from None
+
+
+def build_namespace(config: Config, mountpoint: str | None = None) -> Namespace:
     c = config.cache
     cache = build_cache(c.block_size, c.ram_size, c.ram_policy, os.path.expanduser(c.ssd_dir), c.ssd_size, c.ssd_policy)
     trace = open(os.path.expanduser(c.trace_file), "a", buffering=1 << 16) if c.trace_file else None
     reader = Reader(cache, prefetch_window=c.prefetch_window, prefetch_memory=c.prefetch_memory, trace=trace)
-    return Namespace(MountTable(open_backends(config)), reader, default_ttl=config.metadata.ttl,
-                     opens=needs_opens(config.fuse.pin_handle_version))
+    table = MountTable(open_backends(config))
+    staging = None
+    if mountpoint is not None and any(m.writable for m in table.mounts):
+        staging = staging_area(config, mountpoint)
+        recovered, dropped = staging.recover()
+        for path in dropped:
+            log.info("staging: %s held bytes no close accepted; dropped", path)
+        for sf in recovered:
+            if sf.mount not in table.by_path or not table.by_path[sf.mount].writable:
+                log.warning("staging: %s%s waits for a mount at %s that is writable; kept", sf.mount, sf.path, sf.mount)
+        if recovered:
+            log.info("staging: %d file(s) from an earlier run resume their commits", len(recovered))
+    return Namespace(table, reader, default_ttl=config.metadata.ttl,
+                     opens=needs_opens(config.fuse.pin_handle_version), staging=staging,
+                     write_back_delay=config.write.write_back_delay)
 
 
 def needs_opens(pin_handle_version: bool) -> bool:
@@ -139,7 +168,9 @@ def needs_opens(pin_handle_version: bool) -> bool:
 
 def fuse_options(config: Config) -> set[str]:
     options = set(pyfuse3.default_options)
-    options |= {"fsname=vfs", "subtype=vfs", "ro"}
+    options |= {"fsname=vfs", "subtype=vfs"}
+    if config.fuse.read_only or all((m.write_mode or config.write.mode) == "off" for m in config.mounts):
+        options.add("ro")  # the kernel refuses every write itself
     if config.fuse.auto_unmount:
         options.add("auto_unmount")
     if config.fuse.allow_other:
@@ -154,7 +185,7 @@ async def _after_init(mountpoint: str, read_ahead_kb: int) -> None:
     set_read_ahead(mountpoint, read_ahead_kb)
 
 
-async def _serve(ns: Namespace, mountpoint: str, read_ahead_kb: int) -> None:
+async def _serve(ns: Namespace, mountpoint: str, read_ahead_kb: int, drain_timeout: float) -> None:
     async with trio.open_nursery() as nursery:
         ns.start(nursery)
         nursery.start_soon(_after_init, mountpoint, read_ahead_kb)
@@ -173,8 +204,14 @@ async def _serve(ns: Namespace, mountpoint: str, read_ahead_kb: int) -> None:
 
         nursery.start_soon(on_signal)
         await pyfuse3.main()
+        left = await ns.drain(drain_timeout)
+        if left:
+            log.warning("%d file(s) not committed yet: they stay in the staging area and their commits "
+                        "resume at the next mount of %s", left, mountpoint)
         nursery.cancel_scope.cancel()
     await trio.to_thread.run_sync(ns.reader.close)  # the SSD tier writes out RAM's blocks
+    if ns.staging is not None:
+        ns.staging.close()
     for mount in ns.table.mounts:
         await mount.backend.aclose()
 
@@ -183,11 +220,11 @@ def run(config: Config, mountpoint: str) -> None:
     """Mount and serve in this process until told to stop."""
     check_mountpoint(mountpoint)
     mountpoint = os.path.realpath(mountpoint)  # resolved before mounting: afterwards a stat would ask us
-    ns = build_namespace(config)
+    ns = build_namespace(config, mountpoint)
     pyfuse3.init(FuseOps(ns), mountpoint, fuse_options(config))
     log.info("mounted %s: %s", mountpoint, ", ".join(f"{m.path} <- {m.backend.describe()}" for m in ns.table.mounts))
     try:
-        trio.run(_serve, ns, mountpoint, config.fuse.read_ahead_kb)
+        trio.run(_serve, ns, mountpoint, config.fuse.read_ahead_kb, config.write.drain_timeout)
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)

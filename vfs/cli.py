@@ -63,6 +63,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
             cfg = dataclasses.replace(cfg, fuse=dataclasses.replace(cfg.fuse, allow_other=True))
         if args.trace:
             cfg = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, trace_file=os.path.abspath(args.trace)))
+        if args.read_only:
+            cfg = dataclasses.replace(cfg, fuse=dataclasses.replace(cfg.fuse, read_only=True))
+        if args.write_mode:
+            cfg = dataclasses.replace(cfg, write=dataclasses.replace(cfg.write, mode=args.write_mode))
         if not args.foreground:  # refuse here rather than in the background child (app.run checks too)
             app.check_mountpoint(args.mountpoint)
     except (vfs_config.ConfigError, app.MountError) as exc:
@@ -92,6 +96,10 @@ def _mount_in_background(args: argparse.Namespace) -> int:
         argv += ["--config", args.config]
     if args.allow_other:
         argv.append("--allow-other")
+    if args.read_only:
+        argv.append("--read-only")
+    if args.write_mode:
+        argv += ["--write-mode", args.write_mode]
     if args.trace:
         argv += ["--trace", os.path.abspath(args.trace)]
     with open(log_file, "ab") as out:
@@ -151,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("sources", nargs="*", help="SOURCE[=/path]: s3://bucket/prefix, gs://bucket/prefix, nfs://host/export, a local dir")
     m.add_argument("-c", "--config", help="TOML config file")
     m.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr")
-    m.add_argument("--read-only", action="store_true", help="refuse every write (every backend is read-only for now)")
+    m.add_argument("--read-only", action="store_true", help="refuse every write (EROFS), whatever the write modes say")
+    m.add_argument("--write-mode", choices=["through", "back", "cache", "off"],
+                   help="write mode of every mount that does not name its own (default: [write] mode, else through)")
     m.add_argument("--allow-other", action="store_true", help="let other users see the mount (needs user_allow_other in /etc/fuse.conf)")
     m.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     m.add_argument("--log-file", help="log here instead of stderr (background mounts default to ~/.local/state/vfs/)")

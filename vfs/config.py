@@ -20,6 +20,14 @@
     pin_handle_version = false   # true: each open file keeps reading the version it opened (costs a
                                  # request per open and per close; see README "Opens and versions")
 
+    [write]                      # writes (vfs/commit.py)
+    mode = "through"             # through, back, cache, off; a mount may say `write_mode`
+    write_back_delay = 5         # mode back: seconds after the last close before the commit
+    staging_dir = "~/.local/state/vfs/staging"
+    staging_size = "10GiB"       # files being written, pinned, never evicted
+    drain_timeout = 30           # unmount waits this long for pending commits
+    rename_limit = 1000          # keys an object store copies one by one to rename a directory
+
     [[mount]]                    # any number
     path = "/s3/a"               # where it appears in the tree
     backend = "s3"               # s3, gcs, nfs, gdrive, local
@@ -77,7 +85,8 @@ class MetadataConfig:
 @dataclasses.dataclass(frozen=True)
 class FuseConfig:
     allow_other: bool = False
-    read_only: bool = True
+    read_only: bool = False
+    """true: every mount is read-only (write modes ignored), the kernel refuses writes itself (EROFS)."""
     auto_unmount: bool = True
     """fusermount3 unmounts if the process dies, even by kill -9 (no stale mount left behind)."""
     read_ahead_kb: int = 1024
@@ -90,6 +99,21 @@ class FuseConfig:
     read serves the version the kernel was last told of, and a new version drops the kernel's pages."""
 
 
+WRITE_MODES = ("through", "back", "cache", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteConfig:
+    # through by default: when close() returns without an error, the silo holds the bytes, as users
+    # of a network filesystem expect, and a failed upload is the writer's error, never a log line.
+    mode: str = "through"
+    write_back_delay: float = 5.0
+    staging_dir: str = "~/.local/state/vfs/staging"
+    staging_size: int = 10 * 1024**3
+    drain_timeout: float = 30.0
+    rename_limit: int = 1000
+
+
 @dataclasses.dataclass(frozen=True)
 class MountConfig:
     path: str
@@ -97,12 +121,14 @@ class MountConfig:
     options: BaseOptions
     ttl: float | None = None
     negative_ttl: float | None = None
+    write_mode: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class _Timeouts:
     ttl: float | None = None
     negative_ttl: float | None = None
+    write_mode: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,9 +138,11 @@ class Config:
     cache: CacheConfig = CacheConfig()
     metadata: MetadataConfig = MetadataConfig()
     fuse: FuseConfig = FuseConfig()
+    write: WriteConfig = WriteConfig()
 
 
-_SIZE_KEYS = {"block_size", "ram_size", "ssd_size", "prefetch_window", "prefetch_memory"}
+_SIZE_KEYS = {"block_size", "ram_size", "ssd_size", "prefetch_window", "prefetch_memory", "staging_size", "part_size",
+              "chunk_size"}
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -195,19 +223,21 @@ def _mount(entry: Any, where: str) -> MountConfig:
                           f"pip install 'vfs[{backend}]'") from None
     except ImportError as exc:  # a system library (libnfs) is missing; its message says which
         raise ConfigError(f"{where}.backend: {backend}: {exc}") from None
-    common = {k: entry[k] for k in ("ttl", "negative_ttl") if k in entry}
+    common = {k: entry[k] for k in ("ttl", "negative_ttl", "write_mode") if k in entry}
     options = _build(cls.Options, {k: v for k, v in entry.items() if k not in ("path", "backend", *common)},
-                     where, ignore={"path", "backend", "ttl", "negative_ttl"})
+                     where, ignore={"path", "backend", "ttl", "negative_ttl", "write_mode"})
     timeouts = _build(_Timeouts, common, where)
-    return MountConfig(path, backend, options, timeouts.ttl, timeouts.negative_ttl)
+    if timeouts.write_mode is not None and timeouts.write_mode not in WRITE_MODES:
+        raise ConfigError(f"{where}.write_mode: {timeouts.write_mode!r} is not one of {', '.join(WRITE_MODES)}")
+    return MountConfig(path, backend, options, timeouts.ttl, timeouts.negative_ttl, timeouts.write_mode)
 
 
 def parse(data: dict[str, Any], source: str) -> Config:
     """A Config from parsed TOML; `source` names the file in errors."""
     try:
         for key in data:
-            if key not in ("cache", "metadata", "fuse", "mount"):
-                close = difflib.get_close_matches(key, ["cache", "metadata", "fuse", "mount"], 1)
+            if key not in ("cache", "metadata", "fuse", "write", "mount"):
+                close = difflib.get_close_matches(key, ["cache", "metadata", "fuse", "write", "mount"], 1)
                 raise ConfigError(f"{key}: unknown table" + (f" (did you mean {close[0]!r}?)" if close else ""))
         cache = _build(CacheConfig, data.get("cache", {}), "cache")
         if cache.block_size < 4096:
@@ -220,6 +250,14 @@ def parse(data: dict[str, Any], source: str) -> Config:
                 raise ConfigError(f"cache.{key}: {exc}") from None
         metadata = _build(MetadataConfig, data.get("metadata", {}), "metadata")
         fuse = _build(FuseConfig, data.get("fuse", {}), "fuse")
+        write = _build(WriteConfig, data.get("write", {}), "write")
+        if write.mode not in WRITE_MODES:
+            raise ConfigError(f"write.mode: {write.mode!r} is not one of {', '.join(WRITE_MODES)}")
+        for key in ("write_back_delay", "drain_timeout"):
+            if not 0 <= getattr(write, key) < 1e9:
+                raise ConfigError(f"write.{key}: must be a number of seconds, 0 or more")
+        if write.rename_limit < 0:
+            raise ConfigError("write.rename_limit: must be 0 or more")
         entries = data.get("mount", [])
         if not isinstance(entries, list) or not entries:
             raise ConfigError("mount: at least one [[mount]] entry is required")
@@ -229,7 +267,7 @@ def parse(data: dict[str, Any], source: str) -> Config:
             if m.path in seen:
                 raise ConfigError(f"mount #{i + 1}.path: {m.path} is already used by mount #{seen[m.path] + 1}")
             seen[m.path] = i
-        return Config(source, tuple(mounts), cache, metadata, fuse)
+        return Config(source, tuple(mounts), cache, metadata, fuse, write)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 

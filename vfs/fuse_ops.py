@@ -1,8 +1,13 @@
 """The FUSE adapter: pyfuse3.Operations over the namespace, and nothing more.
 
 Each handler decodes the kernel's arguments, calls the core, and encodes the reply. Every exception
-becomes a FUSEError in ONE place (`_errors`), with the errno from vfs.errors. Everything writable
-answers EROFS: every backend is read-only for now.
+becomes a FUSEError in ONE place (`_errors`), with the errno from vfs.errors. Writes go to the
+namespace, which stages and commits them; silos keep no POSIX owners, modes or links, so chmod and
+chown to anything but what is shown, symlink, link and mknod answer EPERM, and xattrs ENOTSUP.
+
+FLUSH: on a tree where nothing is writable it answers ENOSYS once, and the kernel stops sending it
+(no request per close). Otherwise the patched pyfuse3 answers the FLUSH of every inode that is not
+in `Namespace.flush_inodes` by itself, and only a close after a change reaches vfs.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from vfs.namespace import Entry, Namespace
 log = logging.getLogger(__name__)
 
 # Errors a reader expects in normal use: logged at debug, not as warnings.
-_QUIET = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSYS, errno.ENODATA}
+_QUIET = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSYS, errno.ENODATA, errno.EEXIST,
+          errno.ENOTEMPTY, errno.EXDEV, errno.EPERM, errno.ENOTSUP}
 # Seconds between two warnings for the same (errno, operation, silo): a dead silo must not flood the log.
 _WARN_EVERY = 30.0
 
@@ -66,6 +72,9 @@ class FuseOps(pyfuse3.Operations):
         self.gid = os.getgid()
         self._errors = _Errors(ns.requests)
         ns.invalidate_kernel = self._invalidate
+        self.writable = any(m.writable for m in ns.table.mounts)
+        if self.writable and hasattr(pyfuse3, "flush_inodes"):
+            pyfuse3.flush_inodes = ns.flush_inodes  # the patched build answers other FLUSHes itself
 
     async def _invalidate(self, ino: int) -> None:
         # From a worker thread: the kernel may wait for pages that a read on the trio thread is
@@ -75,10 +84,16 @@ class FuseOps(pyfuse3.Operations):
         except OSError as exc:  # ENOENT: the kernel has forgotten the inode already
             log.debug("invalidate inode %d: %s", ino, exc)
 
+    def _mode(self, is_dir: bool) -> int:
+        """What `ls -l` shows: writable bits only where something can be written."""
+        if is_dir:
+            return stat.S_IFDIR | (0o755 if self.writable else 0o555)
+        return stat.S_IFREG | (0o644 if self.writable else 0o444)
+
     def _attrs(self, e: Entry) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = e.ino
-        a.st_mode = (stat.S_IFDIR | 0o555) if e.is_dir else (stat.S_IFREG | 0o444)
+        a.st_mode = self._mode(e.is_dir)
         a.st_nlink = 1  # "unknown": keeps find's leaf optimisation off
         a.st_uid, a.st_gid = self.uid, self.gid
         a.st_size = e.size
@@ -134,9 +149,58 @@ class FuseOps(pyfuse3.Operations):
             return await self.ns.read(fh, off, size)
 
     async def flush(self, fh: int) -> None:
-        # Nothing to flush on a read-only mount. ENOSYS makes the kernel stop sending FLUSH at all:
-        # one request less per close(), a third of the requests of an open/close of a cached file.
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        if not self.writable:
+            # Nothing to flush on a read-only tree. ENOSYS makes the kernel stop sending FLUSH at all:
+            # one request less per close(), a third of the requests of an open/close of a cached file.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        with self._errors("flush"):
+            await self.ns.flush(fh)
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        with self._errors("fsync"):
+            await self.ns.fsync(fh)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        with self._errors("write"):
+            return await self.ns.write(fh, off, buf)
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        with self._errors("create"):
+            fh, entry = await self.ns.create(parent_inode, os.fsdecode(name), flags)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._attrs(entry)
+
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with self._errors("setattr"):
+            node_is_dir = self.ns.inodes.get(inode).is_dir if self.ns.inodes.known(inode) else False
+            shown = (self._mode(node_is_dir), self.uid, self.gid)
+            return self._attrs(await self.ns.setattr(
+                inode,
+                size=attr.st_size if fields.update_size else None,
+                mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+                mode=attr.st_mode if fields.update_mode else None,
+                uid=attr.st_uid if fields.update_uid else None,
+                gid=attr.st_gid if fields.update_gid else None,
+                shown=shown,
+            ))
+
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        with self._errors("mkdir"):
+            return self._attrs(await self.ns.mkdir(parent_inode, os.fsdecode(name)))
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        with self._errors("unlink"):
+            await self.ns.unlink(parent_inode, os.fsdecode(name))
+
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        with self._errors("rmdir"):
+            await self.ns.rmdir(parent_inode, os.fsdecode(name))
+
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+        with self._errors("rename"):
+            await self.ns.rename(parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new), flags)
 
     async def release(self, fh: int) -> None:
         self.ns.requests["release"] += 1
@@ -149,7 +213,7 @@ class FuseOps(pyfuse3.Operations):
         return out
 
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-        return not mode & os.W_OK
+        return self.writable or not mode & os.W_OK
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
@@ -157,10 +221,13 @@ class FuseOps(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         return []
 
-    # --- everything that would write -------------------------------------------------------------
+    # --- what silos cannot keep ------------------------------------------------------------------
 
-    async def _read_only(self, *args: object, **kwargs: object) -> None:
-        raise pyfuse3.FUSEError(errno.EROFS)
+    async def _not_permitted(self, *args: object, **kwargs: object) -> None:
+        raise pyfuse3.FUSEError(errno.EPERM if self.writable else errno.EROFS)
 
-    setattr = create = mkdir = mknod = symlink = link = unlink = rmdir = rename = write = _read_only  # type: ignore[assignment]
-    setxattr = removexattr = _read_only  # type: ignore[assignment]
+    async def _no_xattrs(self, *args: object, **kwargs: object) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP if self.writable else errno.EROFS)
+
+    mknod = symlink = link = _not_permitted  # type: ignore[assignment]
+    setxattr = removexattr = _no_xattrs  # type: ignore[assignment]

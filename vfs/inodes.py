@@ -74,6 +74,16 @@ class InodeTable:
         if node.lookups <= 0:
             self._remove(node)
 
+    def rename(self, old: str, new: str) -> None:
+        """A rename in the tree: `old` and everything below it now live under `new`. An inode that
+        was at `new` keeps its number (for forget) but no longer owns the path."""
+        prefix = old + "/"
+        for node in [n for n in self._by_path.values() if n.path == old or n.path.startswith(prefix)]:
+            if self._by_path.get(node.path) is node:
+                del self._by_path[node.path]
+            node.path = new + node.path[len(old):]
+            self._by_path[node.path] = node
+
     def _remove(self, node: Inode) -> None:
         del self._by_ino[node.ino]
         if self._by_path.get(node.path) is node:

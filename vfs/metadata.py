@@ -53,6 +53,36 @@ class MetadataCache:
         self._listings.pop((mount.path, path), None)
         self._listings.pop((mount.path, path.rpartition("/")[0]), None)
 
+    def learned(self, mount: Mount, meta: ObjectMeta) -> None:
+        """vfs itself made `meta` so (a commit, a mkdir): remember it, and in a fresh parent listing."""
+        if mount.ttl <= 0:
+            return
+        self._entries[(mount.path, meta.path)] = _Entry(meta, self.clock() + mount.ttl)
+        parent, _, name = meta.path.rpartition("/")
+        listing = self._fresh_listing(mount, parent)
+        if listing is not None:
+            self._listings[(mount.path, parent)] = _Listing({**listing.children, name: meta}, listing.expires)
+
+    def removed(self, mount: Mount, path: str) -> None:
+        """vfs itself removed `path` (and anything below it): forget it, and remember it is gone."""
+        self.invalidate_tree(mount, path)
+        parent, _, name = path.rpartition("/")
+        listing = self._fresh_listing(mount, parent)
+        if listing is not None and name in listing.children:
+            children = dict(listing.children)
+            del children[name]
+            self._listings[(mount.path, parent)] = _Listing(children, listing.expires)
+        if mount.negative_ttl > 0:
+            self._entries[(mount.path, path)] = _Entry(None, self.clock() + mount.negative_ttl)
+
+    def invalidate_tree(self, mount: Mount, path: str) -> None:
+        """Forget `path`, everything below it and the listing that holds it (a rename, an rmdir)."""
+        prefix = path + "/" if path else ""
+        for cache in (self._entries, self._listings):
+            for key in [k for k in cache if k[0] == mount.path and (k[1] == path or k[1].startswith(prefix))]:
+                cache.pop(key, None)
+        self._listings.pop((mount.path, path.rpartition("/")[0]), None)
+
     def expires_in(self, mount: Mount, path: str) -> float:
         """Seconds until what is known of `path` expires (what the kernel may keep it for)."""
         now = self.clock()

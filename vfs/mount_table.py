@@ -24,6 +24,14 @@ class Mount:
     """Seconds metadata and listings are trusted (also the kernel's entry/attr timeouts)."""
     negative_ttl: float
     """Seconds a 'no such file' answer is trusted."""
+    write_mode: str = "off"
+    """through, back, cache or off (vfs/commit.py); off unless the backend is writable."""
+    rename_limit: int = 1000
+    """Keys an object store may copy one by one to rename a directory (beyond: EXDEV)."""
+
+    @property
+    def writable(self) -> bool:
+        return self.write_mode != "off"
 
 
 def parent_of(path: str) -> str:

@@ -4,9 +4,10 @@ It ties the mount table (which silo serves a path), the inode table (what the ke
 metadata cache (what the silos said, and for how long) together, and hands file reads to the reader.
 Every method takes and returns plain Python values; errors are OSError with an errno.
 
-`/.vfs/stats` is vfs's own read-only file: JSON counters of every tier and backend, made afresh at
-each open (at most once a second without opens). `/.vfs` is left out of the root's listing but
-found by path.
+vfs's own files under `/.vfs` are vfs/control.py's; which reader handle serves a read is
+vfs/open_files.py's; writes stage whole files locally (vfs/staging.py) and commit them to the silo
+as the mount's write mode says (vfs/commit.py). A staged file is the truth for its path: lookups,
+listings and reads see it from its create or first write on.
 
 Opens come in two modes (`[fuse] pin_handle_version`):
 - without opens (the default): `open` answers ENOSYS, so the kernel opens every file by itself
@@ -27,7 +28,6 @@ import collections
 import dataclasses
 import errno
 import itertools
-import json
 import logging
 import os
 import time
@@ -35,11 +35,15 @@ from typing import Awaitable, Callable
 
 import trio
 
+from vfs.commit import Committer
+from vfs.control import CONTROL_DIR, STATS_FILE, ControlFiles
 from vfs.inodes import Inode, InodeTable
 from vfs.metadata import MetadataCache
-from vfs.mount_table import MountTable, child_of, parent_of
-from vfs.mounts.base import ObjectMeta
+from vfs.mount_table import Mount, MountTable, child_of, parent_of
+from vfs.mounts.base import ObjectMeta, WritableBackend
+from vfs.open_files import OpenFiles
 from vfs.reader import Reader
+from vfs.staging import StagedFile, StagingArea
 from vfs.sweep import Sweep
 from vfs.walk_ahead import WalkAhead
 
@@ -73,10 +77,8 @@ class OpenFile:
     """Bypass the page cache and the file size (vfs's own files, whose size is known only once read)."""
 
 
-CONTROL_DIR = "/.vfs"
-STATS_FILE = "/.vfs/stats"
-_VIRTUAL_FH = 1 << 62  # handles of vfs's own files, apart from the reader's
-STATS_REFRESH = 1.0  # seconds one rendering of the stats file is served without opens (one `cat`)
+RENAME_NOREPLACE = 1  # renameat2 flags (linux/fs.h)
+RENAME_EXCHANGE = 2
 
 
 def _error(err: int, what: str) -> OSError:
@@ -85,7 +87,7 @@ def _error(err: int, what: str) -> OSError:
 
 class Namespace:
     def __init__(self, table: MountTable, reader: Reader, default_ttl: float, metadata: MetadataCache | None = None,
-                 opens: bool = True) -> None:
+                 opens: bool = True, staging: StagingArea | None = None, write_back_delay: float = 5.0) -> None:
         self.table = table
         self.opens = opens
         """False: files are opened by the kernel alone and `read` gets inode numbers (module doc)."""
@@ -94,9 +96,14 @@ class Namespace:
         self._nursery: trio.Nursery | None = None
         self.requests: collections.Counter[str] = collections.Counter()
         """FUSE requests by operation, counted by the adapter (shown in the stats file)."""
-        self._ino_handles: dict[int, int] = {}  # without opens: inode -> reader handle of its told version
-        self._stats_file: tuple[float, bytes, int] = (-STATS_REFRESH, b"", 0)  # monotonic, bytes, mtime_ns
         self.reader = reader
+        self.files = OpenFiles(reader)
+        self.control = ControlFiles(self.stats, opens)
+        self.staging = staging
+        self.committer = Committer(staging, table, reader, write_back_delay, self._committed) if staging else None
+        self.flush_inodes: set[int] = set()
+        """Inodes whose FLUSH must reach vfs (changed since their last close); the adapter hands the
+        set to the patched pyfuse3, which answers every other FLUSH by itself."""
         self.default_ttl = default_ttl
         self.inodes = InodeTable()
         self.meta = metadata or MetadataCache()
@@ -104,8 +111,6 @@ class Namespace:
         self.sweep = Sweep(self.meta, reader)
         self._dirs: dict[int, DirHandle] = {}
         self._dir_ids = itertools.count(1)
-        self._virtual: dict[int, bytes] = {}
-        self._virtual_ids = itertools.count(_VIRTUAL_FH)
         self.started = time.monotonic()
 
     def start(self, nursery: trio.Nursery) -> None:
@@ -114,6 +119,8 @@ class Namespace:
         self.reader.start(nursery)
         self.walk.start(nursery)
         self.sweep.start(nursery)
+        if self.committer is not None:
+            nursery.start_soon(self.committer.run)
 
     # --- resolving paths -------------------------------------------------------------------------
 
@@ -125,13 +132,8 @@ class Namespace:
 
     async def _resolve(self, path: str) -> tuple[ObjectMeta, float]:
         """Metadata of a tree path and how long the kernel may trust it."""
-        if path == CONTROL_DIR:
-            return ObjectMeta(".vfs", True), self.default_ttl
-        if path == STATS_FILE:
-            if self.opens:  # made at each open, read with direct_io: the size is unknown here
-                return ObjectMeta("stats", False, 0), 0.0
-            _, data, mtime_ns = self._stats_rendering()
-            return ObjectMeta("stats", False, len(data), mtime_ns, str(mtime_ns)), 0.0
+        if self.control.owns(path):
+            return self.control.meta(path), self.default_ttl if path == CONTROL_DIR else 0.0
         if self.table.is_overlay(path):  # mount points and the directories leading to them
             mount = self.table.by_path.get(path)
             return ObjectMeta("", True), mount.ttl if mount else self.default_ttl
@@ -139,17 +141,27 @@ class Namespace:
         if routed is None:
             raise _error(errno.ENOENT, path)
         mount, inner = routed
+        sf = self.staging.get(mount.path, inner) if self.staging else None
+        if sf is not None:  # being written: what vfs holds is the truth, for as long as it holds it
+            return self._staged_meta(sf), 0.0
         meta = await self.meta.stat(mount, inner)
         # The kernel keeps the entry only as long as vfs itself still trusts it, never a whole TTL more.
         return meta, min(mount.ttl, self.meta.expires_in(mount, inner))
+
+    @staticmethod
+    def _staged_meta(sf: StagedFile) -> ObjectMeta:
+        return ObjectMeta(sf.path, False, sf.size, sf.mtime_ns, sf.version)
 
     def _entry(self, node: Inode, meta: ObjectMeta, timeout: float) -> Entry:
         """The attributes the kernel is about to be told; for a file, also the version reads serve."""
         mtime = meta.mtime_ns if meta.mtime_ns is not None else self.table.started_ns
         if not meta.is_dir:
             told, node.told = node.told, meta
-            if told is not None and told.version != meta.version and not self.opens and node.path != STATS_FILE:
-                self._invalidate(node.ino)  # the kernel drops pages itself only if size or mtime changed
+            if (told is not None and told.version != meta.version and not self.opens and node.path != STATS_FILE
+                    and not told.version.startswith("staged:") and not meta.version.startswith("staged:")):
+                # The kernel drops pages itself only if size or mtime changed. A staged file's pages are
+                # the kernel's own writes, and its commit changes the version, not the bytes.
+                self._invalidate(node.ino)
         return Entry(node.ino, meta.is_dir, 0 if meta.is_dir else meta.size, mtime, timeout)
 
     def _known(self, path: str, meta: ObjectMeta, timeout: float) -> Entry:
@@ -188,8 +200,11 @@ class Namespace:
 
     def forget(self, ino: int, n: int) -> None:
         self.inodes.forget(ino, n)
-        if ino in self._ino_handles and not self.inodes.known(ino):
-            self.reader.release(self._ino_handles.pop(ino))
+        if not self.inodes.known(ino):
+            orphan = self.files.forget(ino)
+            self.flush_inodes.discard(ino)
+            if orphan is not None and self._nursery is not None and self.staging is not None:
+                self._nursery.start_soon(self.staging.drop, orphan)
 
     def _invalidate(self, ino: int) -> None:
         if self._nursery is not None and self.invalidate_kernel is not None:
@@ -202,7 +217,7 @@ class Namespace:
         children: dict[str, tuple[ObjectMeta, float]] = {}
         routed = self.table.route(node.path)
         if node.path == CONTROL_DIR:
-            children["stats"] = (ObjectMeta("stats", False, 0), 0.0)
+            children = {name: (meta, 0.0) for name, meta in self.control.listing().items()}
         elif routed is not None:
             mount, inner = routed
             try:
@@ -213,6 +228,9 @@ class Namespace:
                 listing = {}
             timeout = min(mount.ttl, self.meta.listing_expires_in(mount, inner))
             children = {name: (meta, timeout) for name, meta in listing.items()}
+            if self.staging is not None:
+                for sf in self.staging.under(mount.path, inner):
+                    children[sf.path.rpartition("/")[2]] = (self._staged_meta(sf), 0.0)
             self.walk.listed(node.path, [name for name, meta in listing.items() if meta.is_dir])
         if node.path == "/":
             children.pop(".vfs", None)  # vfs's own directory: found by path, never listed
@@ -252,38 +270,57 @@ class Namespace:
         self._dirs.pop(fh, None)
 
     async def open(self, ino: int, flags: int) -> OpenFile:
-        """Open a file for reading."""
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            raise _error(errno.EROFS, self._node(ino).path)
+        """Open a file (with opens only; without, the kernel answers opens itself and this says ENOSYS)."""
         node = self._node(ino)
         if node.is_dir:
             raise _error(errno.EISDIR, node.path)
+        writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+        if writing:
+            mount, inner = self._writable(node.path)
         if not self.opens:  # the kernel opens files by itself from now on (FUSE no_open)
             raise _error(errno.ENOSYS, f"{node.path}: opened without vfs")
         if node.path == STATS_FILE:
-            fh = next(self._virtual_ids)
-            self._virtual[fh] = self._render_stats()
-            return OpenFile(fh, keep_cache=False, direct_io=True)
+            return OpenFile(self.control.open(), keep_cache=False, direct_io=True)
+        if writing:
+            if flags & os.O_TRUNC:
+                await self.truncate(ino, 0)
+            return OpenFile(self.files.open(ino, None, inner, None), keep_cache=False)
         routed = self.table.route(node.path)
         if routed is None:
             raise _error(errno.EISDIR, node.path)
         mount, inner = routed
+        if self.staging is not None and self.staging.get(mount.path, inner) is not None:
+            return OpenFile(self.files.open(ino, None, inner, None), keep_cache=False)
         meta = await self.meta.stat(mount, inner)
         if meta.is_dir:
             raise _error(errno.EISDIR, node.path)
         keep_cache = node.page_version == meta.version
         node.page_version = meta.version
         self.sweep.opened(mount, inner)
-        return OpenFile(self.reader.open(mount.path, mount.backend, inner, meta.version, meta.size), keep_cache)
+        return OpenFile(self.files.open(ino, mount, inner, meta), keep_cache)
+
+    def _ino(self, fh: int) -> int:
+        """The inode a FUSE file handle stands for (without opens, the handle is the inode)."""
+        if not self.opens:
+            return fh
+        ino = self.files.inode(fh)
+        if ino is None:
+            raise _error(errno.EBADF, f"file handle {fh}")
+        return ino
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         """Bytes of an open handle or, without opens, of the inode numbered `fh`."""
+        if self.control.owns_handle(fh):
+            return self.control.read(fh, offset, size)
+        ino = self._ino(fh)
+        sf = self._staged(ino)
+        if sf is not None:
+            return await self.staging.read(sf, offset, size)  # type: ignore[union-attr]
         if not self.opens:
-            ino, fh = fh, await self._inode_handle(fh)
-            if fh is None:  # vfs's own stats file
-                return self._stats_rendering()[1][offset:offset + size]
-        elif fh >= _VIRTUAL_FH:
-            return self._virtual[fh][offset:offset + size]
+            node = self._node(ino)
+            if node.path == STATS_FILE:
+                return self.control.read(None, offset, size)
+            fh = await self._inode_handle(node)
         h = self.reader.handles.get(fh)
         if h is None:
             raise _error(errno.EBADF, f"file handle {fh}")
@@ -291,45 +328,28 @@ class Namespace:
             return await self.reader.read(fh, offset, size)
         except OSError as exc:
             if exc.errno == errno.ESTALE:  # the next open (lookup, without opens) sees the new version
-                self.meta.invalidate(self.table.by_path[h.mount], h.path)
+                self.meta.invalidate(h.mount, h.path)
                 if not self.opens:
                     self._invalidate(ino)
             raise
 
-    async def _inode_handle(self, ino: int) -> int | None:
+    async def _inode_handle(self, node: Inode) -> int:
         """Without opens: the reader handle of the version the kernel was told of for this inode."""
-        node = self._node(ino)
-        if node.path == STATS_FILE:
-            return None
         routed = self.table.route(node.path)
         if node.is_dir or routed is None:
             raise _error(errno.EISDIR, node.path)
         mount, inner = routed
         meta = node.told or (await self._resolve(node.path))[0]
-        fh = self._ino_handles.get(ino)
-        h = self.reader.handles.get(fh) if fh is not None else None
-        if h is None or h.version != meta.version:
-            if fh is not None:
-                self.reader.release(fh)
-            fh = self._ino_handles[ino] = self.reader.open(mount.path, mount.backend, inner, meta.version, meta.size)
+        fh, new = self.files.for_inode(node.ino, mount, inner, meta)
+        if new:
             self.sweep.opened(mount, inner)
         return fh
 
     def release(self, fh: int) -> None:
-        if fh >= _VIRTUAL_FH:
-            self._virtual.pop(fh, None)
-            return
-        self.reader.release(fh)
-
-    def _render_stats(self) -> bytes:
-        return json.dumps(self.stats(), indent=1, sort_keys=True).encode() + b"\n"
-
-    def _stats_rendering(self) -> tuple[float, bytes, int]:
-        """The stats file as served without opens: one rendering kept STATS_REFRESH seconds, so a
-        reader sees one size and one content from its stat to its last read."""
-        if time.monotonic() - self._stats_file[0] >= STATS_REFRESH:
-            self._stats_file = (time.monotonic(), self._render_stats(), time.time_ns())
-        return self._stats_file
+        if self.control.owns_handle(fh):
+            self.control.release(fh)
+        elif self.opens:
+            self.files.release(fh)
 
     def stats(self) -> dict[str, object]:
         """Everything `.vfs/stats` shows: tiers, reader, and per mount its backend's counters."""
@@ -341,16 +361,303 @@ class Namespace:
             "walk_ahead_listings": self.walk.listings,
             "swept_files": self.sweep.files,
             **self.reader.stats(),
+            **({"writes": {"staged_files": len(self.staging.files), "staged_bytes": self.staging.used,
+                           "staging_capacity": self.staging.budget, "pending_commits": self.committer.pending(),
+                           "commits": self.committer.commits, "conflicts": self.committer.conflicts,
+                           "commit_failures": self.committer.failures}}
+               if self.staging is not None and self.committer is not None else {}),
             "backends": {m.path: {"silo": m.backend.describe(), **dataclasses.asdict(m.backend.stats)}
                          for m in sorted(self.table.mounts, key=lambda m: m.path)},
         }
 
     def statfs(self) -> dict[str, int]:
         bs = self.reader.block_size
+        free = (1 << 50) // bs if any(m.writable for m in self.table.mounts) else 0
         return {
             "f_bsize": bs, "f_frsize": bs,
-            # Silos have no fixed size: report 1 PiB, all of it in use (the mount is read-only).
-            "f_blocks": (1 << 50) // bs, "f_bfree": 0, "f_bavail": 0,
+            # Silos have no fixed size: report 1 PiB, all of it free where anything is writable.
+            "f_blocks": (1 << 50) // bs, "f_bfree": free, "f_bavail": free,
             "f_files": len(self.inodes), "f_ffree": 0, "f_favail": 0,
             "f_namemax": 255,
         }
+
+    # --- writes -----------------------------------------------------------------------------------
+
+    def _writable(self, path: str) -> tuple[Mount, str]:
+        """The mount and inner path of a tree path that may be changed; EROFS where nothing may."""
+        routed = self.table.route(path)
+        if self.control.owns(path) or routed is None or self.staging is None:
+            raise _error(errno.EROFS, path)
+        mount, inner = routed
+        if not mount.writable or not isinstance(mount.backend, WritableBackend):
+            raise _error(errno.EROFS, path)
+        if inner == "" or self.table.is_overlay(path):
+            raise _error(errno.EBUSY, f"{path} is a mount point")
+        return mount, inner
+
+    def _staged(self, ino: int) -> StagedFile | None:
+        orphan = self.files.orphans.get(ino)
+        if orphan is not None or self.staging is None:
+            return orphan
+        node = self.inodes.get(ino) if self.inodes.known(ino) else None
+        routed = self.table.route(node.path) if node is not None and not node.is_dir else None
+        return self.staging.get(routed[0].path, routed[1]) if routed else None
+
+    async def _stage(self, ino: int) -> StagedFile:
+        """The staged copy of a file about to change: made from the version the kernel was told of
+        (whole, through the block cache) on its first change."""
+        sf = self._staged(ino)
+        if sf is not None:
+            return sf
+        node = self._node(ino)
+        mount, inner = self._writable(node.path)
+        meta = node.told or (await self._resolve(node.path))[0]
+        if meta.is_dir:
+            raise _error(errno.EISDIR, node.path)
+        assert self.staging is not None
+        sf = self.staging.create(mount.path, inner, meta.version, mount.write_mode)
+        try:
+            bs = self.reader.block_size
+            if meta.size:
+                fh = self.reader.open(mount, inner, meta.version, meta.size)
+                try:
+                    for offset in range(0, meta.size, bs):
+                        data = await self.reader.read(fh, offset, bs)
+                        await self.staging.write(sf, offset, bytes(data), can_wait=mount.write_mode != "cache")
+                finally:
+                    self.reader.release(fh)
+            sf.mtime_ns = meta.mtime_ns or sf.mtime_ns
+            sf.generation = sf.committed = 0
+        except BaseException:
+            await self.staging.drop(sf)
+            raise
+        return sf
+
+    def _changed(self, ino: int) -> None:
+        self.flush_inodes.add(ino)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        ino = self._ino(fh)
+        sf = await self._stage(ino)
+        await self._unshared(sf)
+        await self.staging.write(sf, offset, data, can_wait=sf.mode != "cache")  # type: ignore[union-attr]
+        self._changed(ino)
+        return len(data)
+
+    async def _unshared(self, sf: StagedFile) -> None:
+        if sf.uploading:  # a commit reads the data file: this change goes to a copy of its own
+            await self.staging.unshare(sf)  # type: ignore[union-attr]
+
+    async def truncate(self, ino: int, size: int) -> None:
+        sf = self._staged(ino)
+        if sf is None and size == 0:  # O_TRUNC: nothing of the old bytes needs fetching
+            node = self._node(ino)
+            mount, inner = self._writable(node.path)
+            meta = node.told or (await self._resolve(node.path))[0]
+            sf = self.staging.create(mount.path, inner, meta.version, mount.write_mode)  # type: ignore[union-attr]
+        sf = sf or await self._stage(ino)
+        await self._unshared(sf)
+        await self.staging.truncate(sf, size, can_wait=sf.mode != "cache")  # type: ignore[union-attr]
+        self._changed(ino)
+
+    async def setattr(self, ino: int, size: int | None, mtime_ns: int | None, mode: int | None,
+                      uid: int | None, gid: int | None, shown: tuple[int, int, int]) -> Entry:
+        """truncate, utime; chmod and chown only to what is shown already (`shown`: mode, uid, gid),
+        else EPERM: silos keep no POSIX owners or modes."""
+        node = self._node(ino)
+        if (mode is not None and mode & 0o7777 != shown[0] & 0o7777) or (uid is not None and uid != shown[1]) \
+                or (gid is not None and gid != shown[2]):
+            self._writable(node.path)
+            raise _error(errno.EPERM, f"{node.path}: silos keep no owner or mode")
+        if size is not None:
+            if node.is_dir:
+                raise _error(errno.EISDIR, node.path)
+            await self.truncate(ino, size)
+        if mtime_ns is not None and not node.is_dir:
+            mount, inner = self._writable(node.path)
+            sf = self._staged(ino)
+            if sf is not None:
+                sf.mtime_ns = mtime_ns
+                sf.generation += 1
+                self._changed(ino)
+            else:
+                meta = await mount.backend.set_mtime(inner, mtime_ns)  # type: ignore[attr-defined]
+                self.meta.learned(mount, meta)
+        return await self.getattr(ino)
+
+    async def create(self, parent_ino: int, name: str, flags: int) -> tuple[int, Entry]:
+        """A new file (or, without O_EXCL, an existing one opened to write): its handle and entry."""
+        parent = self._node(parent_ino)
+        path = child_of(parent.path, name)
+        mount, inner = self._writable(path)
+        try:
+            meta, _ = await self._resolve(path)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            meta = None
+        if meta is not None:
+            if flags & os.O_EXCL:
+                raise _error(errno.EEXIST, path)
+            if meta.is_dir:
+                raise _error(errno.EISDIR, path)
+            entry = self._known(path, meta, 0.0)
+            if flags & os.O_TRUNC:
+                await self.truncate(entry.ino, 0)
+        else:
+            await self._parent_is_dir(mount, inner, parent.path)
+            sf = self.staging.create(mount.path, inner, None, mount.write_mode)  # type: ignore[union-attr]
+            sf.generation = 1  # an empty file is a change too: its close commits it
+            entry = self._known(path, self._staged_meta(sf), 0.0)
+        self._changed(entry.ino)
+        fh = self.files.open(entry.ino, None, inner, None) if self.opens else entry.ino
+        return fh, await self.getattr(entry.ino)
+
+    async def _parent_is_dir(self, mount: Mount, inner: str, parent_path: str) -> None:
+        parent_inner = inner.rpartition("/")[0]
+        if parent_inner and not self.table.is_overlay(parent_path):
+            meta = await self.meta.stat(mount, parent_inner)
+            if not meta.is_dir:
+                raise _error(errno.ENOTDIR, parent_path)
+
+    async def flush(self, fh: int) -> None:
+        """close(): accept the file's changes and commit them as its mount's write mode says."""
+        ino = self._ino(fh)
+        sf = self._staged(ino)
+        self.flush_inodes.discard(ino)
+        if sf is None or sf.unlinked or self.committer is None:
+            return
+        try:
+            await self.committer.closed(sf)
+        except BaseException:
+            self.flush_inodes.add(ino)  # not committed: the next close tries again
+            raise
+
+    async def fsync(self, fh: int) -> None:
+        ino = self._ino(fh)
+        sf = self._staged(ino)
+        if sf is None or sf.unlinked or self.committer is None:
+            return
+        await self.committer.closed(sf, sync=sf.mode != "cache")
+
+    def _committed(self, mount: Mount, sf: StagedFile, meta: ObjectMeta) -> None:
+        """A commit landed: the metadata and the inode learn the silo's version (same bytes)."""
+        self.meta.learned(mount, meta)
+        node = self.inodes.assign(child_of(mount.path, meta.path) if mount.path != "/" else "/" + meta.path, False)
+        if node.told is not None and node.told.version == sf.version:
+            node.told = meta
+        self.inodes.drop_unused(node)
+
+    async def mkdir(self, parent_ino: int, name: str) -> Entry:
+        path = child_of(self._node(parent_ino).path, name)
+        mount, inner = self._writable(path)
+        if self.staging is not None and self.staging.get(mount.path, inner) is not None:
+            raise _error(errno.EEXIST, path)
+        await mount.backend.mkdir(inner)  # type: ignore[attr-defined]
+        meta = ObjectMeta(inner, True)
+        self.meta.learned(mount, meta)
+        return self._known(path, meta, 0.0)
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        path = child_of(self._node(parent_ino).path, name)
+        mount, inner = self._writable(path)
+        sf = self.staging.get(mount.path, inner) if self.staging else None
+        if sf is not None:
+            while sf.uploading:
+                await self.committer.wait_settled()  # type: ignore[union-attr]
+            self._orphan(path, sf)
+            if sf.base is not None or sf.committed >= 0:
+                await self._silo_delete(mount, inner)
+            self.meta.removed(mount, inner)
+            return
+        meta, _ = await self._resolve(path)
+        if meta.is_dir:
+            raise _error(errno.EISDIR, path)
+        await self._silo_delete(mount, inner)
+        self.meta.removed(mount, inner)
+
+    async def _silo_delete(self, mount: Mount, inner: str) -> None:
+        try:
+            await mount.backend.delete(inner)  # type: ignore[attr-defined]
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+
+    def _orphan(self, path: str, sf: StagedFile) -> None:
+        """Take a staged file out of the tree; the kernel may still read it by inode until forget."""
+        self.staging.detach(sf)  # type: ignore[union-attr]
+        node = self.inodes.assign(path, False)
+        if node.lookups:
+            self.files.orphans[node.ino] = sf
+        else:
+            self.inodes.drop_unused(node)
+            if self._nursery is not None:
+                self._nursery.start_soon(self.staging.drop, sf)  # type: ignore[union-attr]
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        path = child_of(self._node(parent_ino).path, name)
+        mount, inner = self._writable(path)
+        if self.staging is not None and self.staging.any_below(mount.path, inner):
+            raise _error(errno.ENOTEMPTY, path)
+        await mount.backend.rmdir(inner)  # type: ignore[attr-defined]
+        self.meta.removed(mount, inner)
+
+    async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int) -> None:
+        src = child_of(self._node(old_parent).path, old_name)
+        dst = child_of(self._node(new_parent).path, new_name)
+        if flags & RENAME_EXCHANGE:
+            raise _error(errno.EINVAL, f"{src}: exchanging names is not supported")
+        smount, sinner = self._writable(src)
+        dmount, dinner = self._writable(dst)
+        if smount is not dmount:
+            raise _error(errno.EXDEV, f"{src} -> {dst}: another silo")
+        mount = smount
+        if src == dst:
+            return
+        staging = self.staging
+        assert staging is not None
+        sf = staging.get(mount.path, sinner)
+        dsf = staging.get(mount.path, dinner)
+        try:
+            dmeta: ObjectMeta | None = (await self._resolve(dst))[0]
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            dmeta = None
+        if dmeta is not None and flags & RENAME_NOREPLACE:
+            raise _error(errno.EEXIST, dst)
+        if sf is not None and sf.base is None and sf.committed < 0 and not sf.uploading:
+            # Only here so far: the rename is ours alone, and the commit goes to the new name.
+            if dmeta is not None and dmeta.is_dir:
+                raise _error(errno.EISDIR, dst)
+            base = None
+            if dsf is not None:
+                self._orphan(dst, dsf)
+                base = dsf.base if dsf.committed < 0 else dsf.base
+            elif dmeta is not None:
+                base = dmeta.version
+            staging.move(sf, mount.path, dinner, base)
+            await staging.rewrite_record(sf)
+        else:
+            if sf is not None:  # the silo holds an older version: commit this one first, then move it
+                await self.committer.commit_now(sf)  # type: ignore[union-attr]
+                sf = staging.get(mount.path, sinner)
+                if sf is not None:
+                    raise _error(errno.EBUSY, f"{src} is being written")
+            if dsf is not None:
+                self._orphan(dst, dsf)
+            await mount.backend.rename(sinner, dinner, replace=not flags & RENAME_NOREPLACE,  # type: ignore[attr-defined]
+                                       limit=mount.rename_limit)
+            for moved in [f for (m, p), f in staging.files.items()
+                          if m == mount.path and p.startswith(sinner + "/")]:
+                staging.move(moved, mount.path, dinner + moved.path[len(sinner):], moved.base)
+                await staging.rewrite_record(moved)
+        self.meta.removed(mount, sinner)
+        self.meta.invalidate_tree(mount, dinner)
+        self.inodes.rename(src, dst)
+
+    async def drain(self, timeout: float) -> int:
+        """At unmount: commit what is pending, for at most `timeout` seconds; how many are left."""
+        if self.committer is None:
+            return 0
+        return await self.committer.drain(timeout)

@@ -24,12 +24,13 @@ import dataclasses
 import hashlib
 import itertools
 import logging
+import os
 from typing import TextIO
 
 import trio
 
 from vfs.cache import BlockCache, BlockKey
-from vfs.mounts.base import Backend
+from vfs.mount_table import Mount
 from vfs.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,7 @@ SEQUENTIAL_SLACK = 2 * 1024 * 1024
 
 @dataclasses.dataclass(eq=False)
 class ReadHandle:
-    mount: str
-    backend: Backend
+    mount: Mount
     path: str
     version: str
     size: int
@@ -77,9 +77,9 @@ class Reader:
         """Give the reader a nursery for background prefetch (none: no prefetch)."""
         self._nursery = nursery
 
-    def open(self, mount: str, backend: Backend, path: str, version: str, size: int) -> int:
+    def open(self, mount: Mount, path: str, version: str, size: int) -> int:
         fh = next(self._ids)
-        self.handles[fh] = ReadHandle(mount, backend, path, version, size)
+        self.handles[fh] = ReadHandle(mount, path, version, size)
         return fh
 
     def release(self, fh: int) -> None:
@@ -109,7 +109,7 @@ class Reader:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _key(self, h: ReadHandle, index: int) -> BlockKey:
-        return BlockKey(h.mount, h.path, h.version, index)
+        return BlockKey(h.mount.path, h.path, h.version, index)
 
     def _record(self, h: ReadHandle, index: int) -> None:
         size = min(self.block_size, h.size - index * self.block_size)
@@ -128,7 +128,7 @@ class Reader:
                     data = await self.cache.get(key)
                 if data is None:
                     start = index * self.block_size
-                    data = await h.backend.read_range(h.path, start, min(start + self.block_size, h.size), h.version)
+                    data = await h.mount.backend.read_range(h.path, start, min(start + self.block_size, h.size), h.version)
                     await self.cache.put(key, data)
                 return data
             except Exception as exc:
@@ -167,9 +167,19 @@ class Reader:
                 self.prefetches += 1
                 self._nursery.start_soon(self._prefetch, h, i)
 
-    async def fetch_whole(self, mount: str, backend: Backend, path: str, version: str, size: int) -> None:
+    async def fetch_whole(self, mount: Mount, path: str, version: str, size: int) -> None:
         """Bring a file of at most one block into the cache, as a prefetch (a failure is only logged)."""
-        await self._fetch(ReadHandle(mount, backend, path, version, size), 0)
+        await self._fetch(ReadHandle(mount, path, version, size), 0)
+
+    async def adopt(self, mount: Mount, path: str, version: str, source: str, size: int) -> None:
+        """Put the blocks of a local file that a silo now holds as `version` into the cache (a commit
+        read back costs no GET). At most half the RAM tier's worth: a larger file would only push
+        other blocks out. Blocking reads in a worker thread."""
+        bs = self.block_size
+        with open(source, "rb") as f:
+            for index in range(min((size + bs - 1) // bs, self.cache.ram.capacity // 2 // bs)):
+                data = await trio.to_thread.run_sync(os.pread, f.fileno(), bs, index * bs)
+                await self.cache.put(BlockKey(mount.path, path, version, index), data)
 
     async def _prefetch(self, h: ReadHandle, index: int) -> None:
         try:

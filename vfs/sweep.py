@@ -77,6 +77,6 @@ class Sweep:
 
     async def _fetch(self, mount: Mount, m: ObjectMeta) -> None:
         try:
-            await self.reader.fetch_whole(mount.path, mount.backend, m.path, m.version, m.size)
+            await self.reader.fetch_whole(mount, m.path, m.version, m.size)
         finally:
             self._slots.release()

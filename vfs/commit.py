@@ -1,0 +1,206 @@
+"""Commits: staged files to their silos, as each mount's write mode says.
+
+Write modes (Alluxio's, per mount):
+- `through`: close() and fsync() commit before they return; a failed commit is their error (and the
+  bytes stay staged and journaled, so a later close, fsync or the next mount tries again);
+- `back`: close() makes the bytes durable locally (vfs/staging.py's journal) and returns; the commit
+  starts `write_back_delay` seconds after the last close (rewrites coalesce), is retried with backoff
+  for as long as it takes, and resumes after a crash or a reboot from the journal;
+- `cache`: the bytes stay in the staging area, journaled, and are never committed;
+- `off`: no writes (EROFS).
+
+Every commit carries the silo's precondition (`WritableBackend.write_file(..., expected)`). A lost
+race (ESTALE: someone else changed the file since vfs read it) keeps both versions: the silo keeps
+theirs, ours is committed beside it as `<name>.conflict-<UTC time>` (create only), logged once; in
+`through` mode the writer also gets ESTALE from close/fsync.
+
+After a commit, the new version's blocks go into the block cache from the staging file (reading it
+back costs no GET), the metadata learns the new version, and the staged file is dropped unless it
+changed during the commit (then it stays pending, with the new version as its base).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import time
+from typing import Callable
+
+import trio
+
+from vfs.mount_table import Mount, MountTable
+from vfs.mounts.base import ObjectMeta, WritableBackend
+from vfs.reader import Reader
+from vfs.staging import StagedFile, StagingArea
+
+log = logging.getLogger(__name__)
+
+MODES = ("through", "back", "cache", "off")
+# Mode back: the longest wait between two tries of a failing commit (doubling from 1 s); a silo
+# that is down for an hour is tried 60-odd times, not thousands.
+MAX_BACKOFF = 60.0
+# Commits of mode back running at once, whole mount: enough to overlap round trips of small files
+# (cp -r), few enough that large files do not fight for the link.
+BACKGROUND_COMMITS = 8
+# Seconds between two warnings for one silo's failing commits.
+WARN_EVERY = 30.0
+
+
+def conflict_name(path: str, now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now if now is not None else time.time()))
+    return f"{path}.conflict-{stamp}"
+
+
+class Committer:
+    def __init__(self, staging: StagingArea, table: MountTable, reader: Reader, delay: float,
+                 committed: Callable[[Mount, StagedFile, ObjectMeta], None]) -> None:
+        self.staging = staging
+        self.table = table
+        self.reader = reader
+        self.delay = delay
+        self._committed = committed
+        """Called after each commit (the namespace updates metadata and inodes)."""
+        self._wake = trio.Event()
+        self._settled = trio.Condition()
+        self._slots = trio.Semaphore(BACKGROUND_COMMITS)
+        self._warned: dict[str, float] = {}
+        self.commits = 0
+        self.conflicts = 0
+        self.failures = 0
+
+    # --- what close() and fsync() call ----------------------------------------------------------
+
+    async def closed(self, sf: StagedFile, sync: bool = False) -> None:
+        """A close (or, `sync`, an fsync) of a changed file: accept its bytes, and commit them now
+        (mode through, or any fsync) or later (mode back)."""
+        await self.staging.accept(sf)
+        if sf.mode == "cache":
+            return
+        # Mode back commits then; a through commit that fails below is retried then too.
+        sf.due = trio.current_time() + self.delay
+        if sf.mode == "through" or sync:
+            await self.commit_now(sf)
+            return
+        self._wake.set()
+
+    async def commit_now(self, sf: StagedFile) -> None:
+        """Commit `sf` and wait for it; its error (ESTALE for a lost race) is the caller's."""
+        while sf.uploading:  # a background commit of an older generation is on its way
+            await self.wait_settled()
+        if sf.pending:
+            await self._commit(sf)
+
+    async def wait_settled(self) -> None:
+        async with self._settled:
+            await self._settled.wait()
+
+    # --- the commit itself ----------------------------------------------------------------------
+
+    async def _commit(self, sf: StagedFile) -> None:
+        mount = self.table.by_path[sf.mount]
+        backend = mount.backend
+        assert isinstance(backend, WritableBackend)
+        generation, source, size, data_id, path = sf.generation, self.staging.data_path(sf), sf.size, sf.id, sf.path
+        sf.uploading = True
+        try:
+            try:
+                meta = await backend.write_file(path, source, sf.base, sf.mtime_ns)
+            except OSError as exc:
+                if exc.errno != errno.ESTALE:
+                    raise
+                await self._conflict(mount, backend, sf, source)
+                raise
+            self.commits += 1
+            sf.failures = 0
+            await self.reader.adopt(mount, meta.path, meta.version, source, size)
+        finally:
+            sf.uploading = False
+            if sf.id != data_id:  # written during the commit: the file got a data file of its own
+                await self.staging.forget_data(source, size)
+            async with self._settled:
+                self._settled.notify_all()
+        if sf.path != path:  # renamed during the commit: the new name is committed next
+            sf.base = None
+            await self.staging.rewrite_record(sf)
+            return
+        sf.committed, sf.base = generation, meta.version
+        self._committed(mount, sf, meta)
+        if sf.clean:
+            await self.staging.drop(sf)
+        else:
+            await self.staging.rewrite_record(sf)
+
+    async def _conflict(self, mount: Mount, backend: WritableBackend, sf: StagedFile, source: str) -> None:
+        """Our bytes lost a race: commit them beside the silo's under a conflict name; drop them here."""
+        self.conflicts += 1
+        for attempt in range(100):
+            name = conflict_name(sf.path) + (f"-{attempt}" if attempt else "")
+            try:
+                meta = await backend.write_file(name, source, None, sf.mtime_ns)
+            except OSError as exc:
+                if exc.errno == errno.ESTALE:
+                    continue  # that name is taken too
+                raise
+            log.warning("%s: %s changed on the silo since vfs read it; the silo keeps that version, and "
+                        "the one written here was saved as %s", backend.describe(), sf.path, name)
+            self._committed(mount, sf, meta)
+            await self.staging.drop(sf)
+            return
+        raise OSError(errno.EEXIST, f"{sf.path}: no free conflict name")
+
+    # --- mode back: the background loop ----------------------------------------------------------
+
+    async def run(self) -> None:
+        """Commit due files (mode back, and failed or recovered commits of any mode), retrying
+        failures with backoff, forever."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = trio.current_time()
+                due = [sf for sf in list(self.staging.files.values())
+                       if sf.pending and not sf.uploading and sf.due <= now]
+                for sf in due:
+                    await self._slots.acquire()
+                    sf.uploading = True  # taken: the next round must not start it again
+                    nursery.start_soon(self._background, sf)
+                waits = [sf.due - now for sf in self.staging.files.values()
+                         if sf.pending and not sf.uploading]
+                with trio.move_on_after(max(0.05, min(waits, default=3600.0))):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    async def _background(self, sf: StagedFile) -> None:
+        try:
+            sf.uploading = False
+            await self._commit(sf)
+        except OSError as exc:
+            if exc.errno == errno.ESTALE:
+                return  # saved under a conflict name
+            self.failures += 1
+            sf.failures += 1
+            sf.due = trio.current_time() + min(MAX_BACKOFF, 2.0 ** (sf.failures - 1)) * random.uniform(0.8, 1.2)
+            self._warn(sf, exc)
+        finally:
+            self._slots.release()
+            self._wake.set()
+
+    def _warn(self, sf: StagedFile, exc: OSError) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(sf.mount, -WARN_EVERY) >= WARN_EVERY:
+            self._warned[sf.mount] = now
+            log.warning("commit of %s%s failed (%s); trying again, %d file(s) waiting",
+                        sf.mount.rstrip("/"), "/" + sf.path, exc, self.pending())
+
+    def pending(self) -> int:
+        return sum(1 for sf in self.staging.files.values() if sf.pending)
+
+    async def drain(self, timeout: float) -> int:
+        """At unmount: commit what is pending now, for at most `timeout` seconds; how many are left."""
+        for sf in self.staging.files.values():
+            if sf.pending:
+                sf.due = 0.0
+        self._wake.set()
+        with trio.move_on_after(timeout):
+            while self.pending():
+                await self.wait_settled()
+        return self.pending()
