@@ -1,0 +1,189 @@
+"""Writes through the kernel mount, on S3 (moto) and a local directory side by side, in modes
+through and back: create, write at offsets, O_TRUNC, O_APPEND, truncate, rename, unlink, mkdir,
+rmdir, utime, EXDEV between silos, EPERM for what silos cannot keep, read-your-writes before any
+commit, and the bytes checked on the silo behind the mount. Also: kill -9 in mode back with files
+closed but not committed, and a remount commits them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.kernel import VfsMount, errno_of, fuse_available, read_file, start_mount, stop_mount, vfs_mount, wait_until
+from tests.silos.s3 import MotoS3, moto_server
+
+pytestmark = [pytest.mark.kernel, pytest.mark.skipif(fuse_available() is not None, reason=str(fuse_available()))]
+
+BUCKET = "writes"
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    with moto_server(tmp_path_factory.mktemp("moto")) as m:
+        m.client().create_bucket(Bucket=BUCKET)
+        yield m
+
+
+def s3_bytes(moto: MotoS3, key: str) -> bytes | None:
+    try:
+        return moto.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    except moto.client().exceptions.NoSuchKey:
+        return None
+
+
+def config(moto: MotoS3, local: Path, mode: str, prefix: str) -> dict:
+    return {
+        "metadata": {"ttl": 30},
+        "write": {"mode": mode, "write_back_delay": 0.2},
+        "mount": [
+            {"path": "/s3", **moto.options(bucket=BUCKET, prefix=prefix)},
+            {"path": "/local", "backend": "local", "root": str(local)},
+        ],
+    }
+
+
+@pytest.fixture(scope="module", params=["through", "back"])
+def mnt(request: pytest.FixtureRequest, moto: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VfsMount, str, Path]]:
+    tmp = tmp_path_factory.mktemp(request.param)
+    (tmp / "local").mkdir()
+    with vfs_mount(tmp, config(moto, tmp / "local", request.param, request.param)) as m:
+        yield m, request.param, tmp / "local"
+    assert "Traceback" not in m.log_text(), m.log_text()[-3000:]
+
+
+def committed(moto: MotoS3, key: str, data: bytes, timeout: float = 30.0) -> None:
+    wait_until(lambda: s3_bytes(moto, key) == data, timeout, f"{key} on the silo")
+
+
+def test_create_write_read_back_and_commit(mnt: tuple[VfsMount, str, Path], moto: MotoS3) -> None:
+    m, mode, _ = mnt
+    data = random.Random(1).randbytes(3 * 1024 * 1024 + 5)
+    with open(m.path / "s3" / "new.bin", "wb") as f:
+        f.write(data[:1000])
+        f.flush()
+        assert os.stat(m.path / "s3" / "new.bin").st_size == 1000  # read-your-writes before any commit
+        f.write(data[1000:])
+        assert read_file(m.path / "s3" / "new.bin") == data
+    if mode == "through":
+        assert s3_bytes(moto, f"{mode}/new.bin") == data  # close returned: the silo holds it
+    committed(moto, f"{mode}/new.bin", data)
+    assert read_file(m.path / "s3" / "new.bin") == data
+    assert "new.bin" in os.listdir(m.path / "s3")
+
+
+def test_overwrite_offsets_truncate_append(mnt: tuple[VfsMount, str, Path], moto: MotoS3) -> None:
+    m, mode, _ = mnt
+    p = m.path / "s3" / "edit.txt"
+    p.write_bytes(b"0123456789")
+    with open(p, "r+b") as f:
+        f.seek(3)
+        f.write(b"abc")
+    assert p.read_bytes() == b"012abc6789"
+    with open(p, "ab") as f:
+        f.write(b"XY")
+    assert p.read_bytes() == b"012abc6789XY"
+    os.truncate(p, 4)
+    assert p.read_bytes() == b"012a"
+    with open(p, "r+b") as f:
+        f.seek(10)
+        f.write(b"!")  # a hole from 4 to 10
+    assert p.read_bytes() == b"012a" + b"\0" * 6 + b"!"
+    with open(p, "wb") as f:  # O_TRUNC
+        f.write(b"short")
+    assert p.read_bytes() == b"short"
+    committed(moto, f"{mode}/edit.txt", b"short")
+
+
+def test_directories_rename_unlink(mnt: tuple[VfsMount, str, Path], moto: MotoS3) -> None:
+    m, mode, _ = mnt
+    top = m.path / "s3"
+    os.mkdir(top / "d")
+    assert errno_of(os.mkdir, top / "d") == errno.EEXIST
+    (top / "d" / "a.txt").write_bytes(b"a")
+    assert errno_of(os.rmdir, top / "d") == errno.ENOTEMPTY
+    os.rename(top / "d" / "a.txt", top / "d" / "b.txt")
+    assert os.listdir(top / "d") == ["b.txt"] and (top / "d" / "b.txt").read_bytes() == b"a"
+    committed(moto, f"{mode}/d/b.txt", b"a")
+    os.rename(top / "d", top / "e")
+    assert (top / "e" / "b.txt").read_bytes() == b"a" and not (top / "d").exists()
+    assert s3_bytes(moto, f"{mode}/e/b.txt") == b"a" and s3_bytes(moto, f"{mode}/d/b.txt") is None
+    os.unlink(top / "e" / "b.txt")
+    assert errno_of(os.stat, top / "e" / "b.txt") == errno.ENOENT and s3_bytes(moto, f"{mode}/e/b.txt") is None
+    os.rmdir(top / "e")
+    assert not (top / "e").exists()
+
+
+def test_rename_noreplace_exdev_eperm(mnt: tuple[VfsMount, str, Path], moto: MotoS3) -> None:
+    m, mode, local = mnt
+    (m.path / "s3" / "x").write_bytes(b"x")
+    (m.path / "local" / "y").write_bytes(b"y")
+    assert errno_of(os.rename, m.path / "s3" / "x", m.path / "local" / "x") == errno.EXDEV
+    assert errno_of(os.symlink, "x", m.path / "s3" / "link") == errno.EPERM
+    assert errno_of(os.link, m.path / "s3" / "x", m.path / "s3" / "hard") == errno.EPERM
+    assert errno_of(os.chmod, m.path / "s3" / "x", 0o600) == errno.EPERM
+    os.chmod(m.path / "s3" / "x", 0o644)  # what is shown already: accepted (cp -p, rsync -a)
+    committed(moto, f"{mode}/x", b"x")
+    wait_until(lambda: (local / "y").exists() and (local / "y").read_bytes() == b"y", 30, "y in the local silo")
+
+
+def test_utime_is_kept(mnt: tuple[VfsMount, str, Path], moto: MotoS3) -> None:
+    m, mode, local = mnt
+    p = m.path / "local" / "dated"
+    p.write_bytes(b"d")
+    os.utime(p, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    assert os.stat(p).st_mtime_ns == 1_600_000_000 * 10**9
+    wait_until(lambda: (local / "dated").exists() and os.stat(local / "dated").st_mtime_ns == 1_600_000_000 * 10**9,
+               30, "the mtime on the local silo")
+
+
+def test_a_concurrent_writer_keeps_both_versions(mnt: tuple[VfsMount, str, Path], moto: MotoS3) -> None:
+    m, mode, _ = mnt
+    p = m.path / "s3" / "raced.txt"
+    p.write_bytes(b"ours v1")
+    committed(moto, f"{mode}/raced.txt", b"ours v1")
+    f = open(p, "r+b", buffering=0)
+    f.write(b"ours v2")
+    moto.client().put_object(Bucket=BUCKET, Key=f"{mode}/raced.txt", Body=b"theirs")
+    if mode == "through":
+        with pytest.raises(OSError) as info:
+            f.close()
+        assert info.value.errno == errno.ESTALE
+    else:
+        f.close()
+    keys = [o["Key"] for o in moto.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{mode}/raced.txt")["Contents"]]
+    wait_until(lambda: len([o for o in moto.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{mode}/raced.txt")["Contents"]]) == 2,
+               30, "the conflict copy")
+    keys = [o["Key"] for o in moto.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{mode}/raced.txt")["Contents"]]
+    conflict = [k for k in keys if ".conflict-" in k]
+    assert s3_bytes(moto, f"{mode}/raced.txt") == b"theirs"
+    assert len(conflict) == 1 and s3_bytes(moto, conflict[0]) == b"ours v2"
+
+
+def test_kill_9_in_mode_back_loses_nothing(moto: MotoS3, tmp_path: Path) -> None:
+    (tmp_path / "local").mkdir()
+    cfg = config(moto, tmp_path / "local", "back", "crash")
+    cfg["write"]["write_back_delay"] = 3600  # closed, accepted, not committed when the process dies
+    m = start_mount(tmp_path, cfg, "crash")
+    files = {f"f{i}.bin": random.Random(i).randbytes(1000 * i + 1) for i in range(20)}
+    try:
+        for name, data in files.items():
+            (m.path / "s3" / name).write_bytes(data)
+        assert all(s3_bytes(moto, f"crash/{n}") is None for n in files)
+        m.proc.send_signal(signal.SIGKILL)
+        m.proc.wait(30)
+    finally:
+        stop_mount(m)
+    cfg["write"]["write_back_delay"] = 0.2
+    with vfs_mount(tmp_path, cfg, "crash") as again:
+        for name, data in files.items():
+            committed(moto, f"crash/{name}", data)
+            assert read_file(again.path / "s3" / name) == data
+        staging = tmp_path / "crash-staging"
+        wait_until(lambda: not list(staging.rglob("*.json")), 30, "the journal to empty")
