@@ -197,6 +197,7 @@ class Bench:
     def vfs_config(self, d: Path) -> dict[str, Any]:
         return {
             "cache": {"ram_size": self.ram, "ssd_dir": str(d / "ssd"), "ssd_size": parse_size(self.args.ssd)},
+            "write": {"mode": self.args.write_mode},
             "mount": [{"path": f"/{BUCKET}", "backend": "s3", "bucket": BUCKET, "endpoint_url": self.s3.endpoint,
                        "region": self.s3.region, "access_key_id": self.s3.access_key,
                        "secret_access_key": self.s3.secret_key}],
@@ -603,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ram", default=DEFAULT_RAM, help="vfs RAM cache budget (default 2GiB)")
     parser.add_argument("--ssd", default=DEFAULT_SSD, help="vfs SSD tier budget, in a temporary directory (default 8GiB)")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/vfs-bench-data"), help="generated data, kept between runs")
+    parser.add_argument("--write-mode", default="through", choices=["through", "back", "cache", "off"],
+                        help="vfs's write mode (default through, the mount's default; off: a read-only tree, "
+                             "where closes cost no FLUSH request at all)")
     parser.add_argument("--skip-rclone", action="store_true", help="leave rclone mount out (rclone still serves S3)")
     parser.add_argument("--name", default="compare", help="output name: bench/out/NAME.json and NAME.png")
     args = parser.parse_args(argv)

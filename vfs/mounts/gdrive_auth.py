@@ -28,8 +28,9 @@ import google.oauth2.service_account
 
 log = logging.getLogger(__name__)
 
-# vfs only reads: the narrowest scope that can download and export every file the user can see.
-SCOPES: tuple[str, ...] = ("https://www.googleapis.com/auth/drive.readonly",)
+# vfs reads and writes every file the user can see: `drive` (drive.file would see only files vfs
+# itself created). A token made for drive.readonly needs `vfs auth gdrive` again before writes work.
+SCOPES: tuple[str, ...] = ("https://www.googleapis.com/auth/drive",)
 DEFAULT_TOKEN_FILE = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "vfs" / "gdrive-token.json"
 
 
