@@ -114,6 +114,10 @@ class Committer:
             self.commits += 1
             sf.failures = 0
             await self.reader.adopt(mount, meta.path, meta.version, source, size)
+            if sf.path == path:
+                # Before `uploading` drops: a file that looks pending and idle would be committed again.
+                sf.committed, sf.base = generation, meta.version
+                self._committed(mount, sf, meta)
         finally:
             sf.uploading = False
             if sf.id != data_id:  # written during the commit: the file got a data file of its own
@@ -124,8 +128,6 @@ class Committer:
             sf.base = None
             await self.staging.rewrite_record(sf)
             return
-        sf.committed, sf.base = generation, meta.version
-        self._committed(mount, sf, meta)
         if sf.clean:
             await self.staging.drop(sf)
         else:

@@ -631,9 +631,9 @@ class Namespace:
             if dmeta is not None and dmeta.is_dir:
                 raise _error(errno.EISDIR, dst)
             base = None
-            if dsf is not None:
+            if dsf is not None:  # replacing a file being written: commit over what the silo has of it
                 self._orphan(dst, dsf)
-                base = dsf.base if dsf.committed < 0 else dsf.base
+                base = dsf.base
             elif dmeta is not None:
                 base = dmeta.version
             staging.move(sf, mount.path, dinner, base)

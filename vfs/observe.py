@@ -41,6 +41,11 @@ def format_stats(stats: dict[str, Any]) -> str:
     r = stats["reader"]
     head = (f"vfs pid {stats['pid']}, up {stats['uptime_s']:.0f} s, {stats['inodes']} inodes, "
             f"{r['open_handles']} open files, block size {format_size(r['block_size'])}, {r['prefetches']} prefetches\n\n")
+    w = stats.get("writes")
+    if w:
+        head += (f"writes: {w['staged_files']} staged files ({format_size(w['staged_bytes'])} of "
+                 f"{format_size(w['staging_capacity'])}), {w['pending_commits']} commits pending, "
+                 f"{w['commits']} done, {w['conflicts']} conflicts, {w['commit_failures']} failed tries\n\n")
     return (head
             + render(("tier", "policy", "fill", "blocks", "hits", "misses", "hit ratio", "evictions"), tiers, "cache (hits and misses count block lookups)")
             + "\n"
