@@ -7,6 +7,7 @@ closed but not committed, and a remount commits them.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import random
@@ -45,6 +46,7 @@ def config(moto: MotoS3, local: Path, mode: str, prefix: str) -> dict:
         "mount": [
             {"path": "/s3", **moto.options(bucket=BUCKET, prefix=prefix)},
             {"path": "/local", "backend": "local", "root": str(local)},
+            {"path": "/ro", "backend": "local", "root": str(local), "write_mode": "off"},
         ],
     }
 
@@ -187,3 +189,44 @@ def test_kill_9_in_mode_back_loses_nothing(moto: MotoS3, tmp_path: Path) -> None
             assert read_file(again.path / "s3" / name) == data
         staging = tmp_path / "crash-staging"
         wait_until(lambda: not list(staging.rglob("*.json")), 30, "the journal to empty")
+
+
+def renameat2_noreplace(src: Path, dst: Path) -> int:
+    """renameat2(RENAME_NOREPLACE); 0 or the errno."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, noreplace = -100, 1
+    ret = libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), noreplace)
+    return 0 if ret == 0 else ctypes.get_errno()
+
+
+def test_rename_noreplace_is_eexist(mnt: tuple[VfsMount, str, Path]) -> None:
+    m, _, _ = mnt
+    top = m.path / "s3"
+    (top / "nr-a").write_bytes(b"a")
+    (top / "nr-b").write_bytes(b"b")
+    assert renameat2_noreplace(top / "nr-a", top / "nr-b") == errno.EEXIST
+    assert (top / "nr-a").read_bytes() == b"a" and (top / "nr-b").read_bytes() == b"b"
+    assert renameat2_noreplace(top / "nr-a", top / "nr-c") == 0 and (top / "nr-c").read_bytes() == b"a"
+
+
+def test_a_mount_with_write_mode_off_is_erofs_beside_writable_ones(mnt: tuple[VfsMount, str, Path]) -> None:
+    m, _, local = mnt
+    (local / "seen.txt").write_bytes(b"seen")
+    ro = m.path / "ro"
+    assert (ro / "seen.txt").read_bytes() == b"seen"
+    assert os.stat(ro / "seen.txt").st_mode & 0o777 == 0o444 and os.stat(m.path / "local").st_mode & 0o777 == 0o755
+    # Files open without asking vfs (FUSE no_open): the open succeeds, the first change is refused.
+    fd = os.open(ro / "seen.txt", os.O_RDWR)
+    try:
+        assert errno_of(os.write, fd, b"x") == errno.EROFS
+        assert errno_of(os.ftruncate, fd, 0) == errno.EROFS
+    finally:
+        os.close(fd)
+    assert errno_of(open, ro / "new.txt", "wb") == errno.EROFS
+    assert errno_of(os.truncate, ro / "seen.txt", 0) == errno.EROFS
+    assert errno_of(os.mkdir, ro / "d") == errno.EROFS
+    assert errno_of(os.unlink, ro / "seen.txt") == errno.EROFS
+    assert errno_of(os.rmdir, ro) == errno.EROFS or errno_of(os.rmdir, ro) == errno.EBUSY
+    assert errno_of(os.rename, ro / "seen.txt", ro / "other.txt") == errno.EROFS
+    assert errno_of(os.utime, ro / "seen.txt", (1, 1)) == errno.EROFS
+    assert (local / "seen.txt").read_bytes() == b"seen"

@@ -84,16 +84,17 @@ class FuseOps(pyfuse3.Operations):
         except OSError as exc:  # ENOENT: the kernel has forgotten the inode already
             log.debug("invalidate inode %d: %s", ino, exc)
 
-    def _mode(self, is_dir: bool) -> int:
+    @staticmethod
+    def _mode(is_dir: bool, writable: bool) -> int:
         """What `ls -l` shows: writable bits only where something can be written."""
         if is_dir:
-            return stat.S_IFDIR | (0o755 if self.writable else 0o555)
-        return stat.S_IFREG | (0o644 if self.writable else 0o444)
+            return stat.S_IFDIR | (0o755 if writable else 0o555)
+        return stat.S_IFREG | (0o644 if writable else 0o444)
 
     def _attrs(self, e: Entry) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = e.ino
-        a.st_mode = self._mode(e.is_dir)
+        a.st_mode = self._mode(e.is_dir, e.writable)
         a.st_nlink = 1  # "unknown": keeps find's leaf optimisation off
         a.st_uid, a.st_gid = self.uid, self.gid
         a.st_size = e.size
@@ -173,8 +174,8 @@ class FuseOps(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         with self._errors("setattr"):
-            node_is_dir = self.ns.inodes.get(inode).is_dir if self.ns.inodes.known(inode) else False
-            shown = (self._mode(node_is_dir), self.uid, self.gid)
+            shown = self._attrs(await self.ns.getattr(inode))
+            shown = (shown.st_mode, self.uid, self.gid)
             return self._attrs(await self.ns.setattr(
                 inode,
                 size=attr.st_size if fields.update_size else None,

@@ -60,6 +60,8 @@ class Entry:
     mtime_ns: int
     timeout: float
     """Seconds the kernel may keep this entry and its attributes."""
+    writable: bool = False
+    """Anything may change it (its mount's write mode is not off)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -162,7 +164,9 @@ class Namespace:
                 # The kernel drops pages itself only if size or mtime changed. A staged file's pages are
                 # the kernel's own writes, and its commit changes the version, not the bytes.
                 self._invalidate(node.ino)
-        return Entry(node.ino, meta.is_dir, 0 if meta.is_dir else meta.size, mtime, timeout)
+        routed = self.table.route(node.path)
+        writable = routed is not None and routed[0].writable and self.staging is not None
+        return Entry(node.ino, meta.is_dir, 0 if meta.is_dir else meta.size, mtime, timeout, writable)
 
     def _known(self, path: str, meta: ObjectMeta, timeout: float) -> Entry:
         """An entry for a path, referenced once for the kernel."""
