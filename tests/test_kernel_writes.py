@@ -129,8 +129,9 @@ def test_rename_noreplace_exdev_eperm(mnt: tuple[VfsMount, str, Path], moto: Mot
     assert errno_of(os.rename, m.path / "s3" / "x", m.path / "local" / "x") == errno.EXDEV
     assert errno_of(os.symlink, "x", m.path / "s3" / "link") == errno.EPERM
     assert errno_of(os.link, m.path / "s3" / "x", m.path / "s3" / "hard") == errno.EPERM
-    assert errno_of(os.chmod, m.path / "s3" / "x", 0o600) == errno.EPERM
-    os.chmod(m.path / "s3" / "x", 0o644)  # what is shown already: accepted (cp -p, rsync -a)
+    os.chmod(m.path / "s3" / "x", 0o600)  # accepted, changes nothing: silos keep no modes (rsync, mkstemp)
+    assert os.stat(m.path / "s3" / "x").st_mode & 0o777 == 0o644
+    assert errno_of(os.chown, m.path / "s3" / "x", os.getuid() + 1, -1) == errno.EPERM
     committed(moto, f"{mode}/x", b"x")
     wait_until(lambda: (local / "y").exists() and (local / "y").read_bytes() == b"y", 30, "y in the local silo")
 

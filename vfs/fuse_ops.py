@@ -2,8 +2,8 @@
 
 Each handler decodes the kernel's arguments, calls the core, and encodes the reply. Every exception
 becomes a FUSEError in ONE place (`_errors`), with the errno from vfs.errors. Writes go to the
-namespace, which stages and commits them; silos keep no POSIX owners, modes or links, so chmod and
-chown to anything but what is shown, symlink, link and mknod answer EPERM, and xattrs ENOTSUP.
+namespace, which stages and commits them; silos keep no POSIX owners, modes or links, so chmod
+changes nothing, chown to another owner, symlink, link and mknod answer EPERM, and xattrs ENOTSUP.
 
 FLUSH: on a tree where nothing is writable it answers ENOSYS once, and the kernel stops sending it
 (no request per close). Otherwise the patched pyfuse3 answers the FLUSH of every inode that is not

@@ -466,13 +466,14 @@ class Namespace:
 
     async def setattr(self, ino: int, size: int | None, mtime_ns: int | None, mode: int | None,
                       uid: int | None, gid: int | None, shown: tuple[int, int, int]) -> Entry:
-        """truncate, utime; chmod and chown only to what is shown already (`shown`: mode, uid, gid),
-        else EPERM: silos keep no POSIX owners or modes."""
+        """truncate, utime; chmod is accepted and changes nothing (silos keep no POSIX modes, and
+        tools such as rsync and mkstemp chmod every file they make); chown to another owner than
+        shown (`shown`: mode, uid, gid) is EPERM."""
         node = self._node(ino)
-        if (mode is not None and mode & 0o7777 != shown[0] & 0o7777) or (uid is not None and uid != shown[1]) \
-                or (gid is not None and gid != shown[2]):
+        if mode is not None or uid is not None or gid is not None:
             self._writable(node.path)
-            raise _error(errno.EPERM, f"{node.path}: silos keep no owner or mode")
+        if (uid is not None and uid != shown[1]) or (gid is not None and gid != shown[2]):
+            raise _error(errno.EPERM, f"{node.path}: silos keep no owner")
         if size is not None:
             if node.is_dir:
                 raise _error(errno.EISDIR, node.path)
