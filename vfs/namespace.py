@@ -486,7 +486,7 @@ class Namespace:
                 sf.generation += 1
                 self._changed(ino)
             else:
-                meta = await mount.backend.set_mtime(inner, mtime_ns)  # type: ignore[attr-defined]
+                meta = await self._silo(mount).set_mtime(inner, mtime_ns)
                 self.meta.learned(mount, meta)
         return await self.getattr(ino)
 
@@ -558,7 +558,7 @@ class Namespace:
         mount, inner = self._writable(path)
         if self.staging is not None and self.staging.get(mount.path, inner) is not None:
             raise _error(errno.EEXIST, path)
-        await mount.backend.mkdir(inner)  # type: ignore[attr-defined]
+        await self._silo(mount).mkdir(inner)
         meta = ObjectMeta(inner, True)
         self.meta.learned(mount, meta)
         return self._known(path, meta, 0.0)
@@ -571,6 +571,9 @@ class Namespace:
             while sf.uploading:
                 await self.committer.wait_settled()  # type: ignore[union-attr]
             self._orphan(path, sf)
+            if sf.mode == "cache":  # the local copy goes; what the silo holds, if anything, shows again
+                self.meta.invalidate(mount, inner)
+                return
             if sf.base is not None or sf.committed >= 0:
                 await self._silo_delete(mount, inner)
             self.meta.removed(mount, inner)
@@ -581,9 +584,17 @@ class Namespace:
         await self._silo_delete(mount, inner)
         self.meta.removed(mount, inner)
 
+    @staticmethod
+    def _silo(mount: Mount) -> WritableBackend:
+        """The backend, for a change that reaches the silo at once; mode cache changes only local
+        files, so there it is EROFS."""
+        if mount.write_mode == "cache" or not isinstance(mount.backend, WritableBackend):
+            raise _error(errno.EROFS, f"{mount.path}: write mode {mount.write_mode} keeps changes local")
+        return mount.backend
+
     async def _silo_delete(self, mount: Mount, inner: str) -> None:
         try:
-            await mount.backend.delete(inner)  # type: ignore[attr-defined]
+            await self._silo(mount).delete(inner)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -604,7 +615,7 @@ class Namespace:
         mount, inner = self._writable(path)
         if self.staging is not None and self.staging.any_below(mount.path, inner):
             raise _error(errno.ENOTEMPTY, path)
-        await mount.backend.rmdir(inner)  # type: ignore[attr-defined]
+        await self._silo(mount).rmdir(inner)
         self.meta.removed(mount, inner)
 
     async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int) -> None:
@@ -651,8 +662,8 @@ class Namespace:
                     raise _error(errno.EBUSY, f"{src} is being written")
             if dsf is not None:
                 self._orphan(dst, dsf)
-            await mount.backend.rename(sinner, dinner, replace=not flags & RENAME_NOREPLACE,  # type: ignore[attr-defined]
-                                       limit=mount.rename_limit)
+            await self._silo(mount).rename(sinner, dinner, replace=not flags & RENAME_NOREPLACE,
+                                           limit=mount.rename_limit)
             for moved in [f for (m, p), f in staging.files.items()
                           if m == mount.path and p.startswith(sinner + "/")]:
                 staging.move(moved, mount.path, dinner + moved.path[len(sinner):], moved.base)
