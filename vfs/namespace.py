@@ -548,7 +548,7 @@ class Namespace:
     def _committed(self, mount: Mount, sf: StagedFile, meta: ObjectMeta) -> None:
         """A commit landed: the metadata and the inode learn the silo's version (same bytes)."""
         self.meta.learned(mount, meta)
-        node = self.inodes.assign(child_of(mount.path, meta.path) if mount.path != "/" else "/" + meta.path, False)
+        node = self.inodes.assign(child_of(mount.path, meta.path), False)
         if node.told is not None and node.told.version == sf.version:
             node.told = meta
         self.inodes.drop_unused(node)

@@ -29,9 +29,6 @@ class OpenFiles:
         self.orphans: dict[int, StagedFile] = {}
         """Staged files unlinked (or replaced) while their inode lives: readable until forget."""
 
-    def __len__(self) -> int:
-        return len(self._fh_ino) + len(self._by_ino)
-
     def for_inode(self, ino: int, mount: Mount, path: str, meta: ObjectMeta) -> tuple[int, bool]:
         """The reader handle that serves inode `ino` at `meta.version` (without opens), and whether
         it is new (a new version, or the first read)."""

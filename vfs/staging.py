@@ -146,7 +146,6 @@ class StagingArea:
     async def drop(self, sf: StagedFile) -> None:
         """Delete the staging file and its record, and give its room back."""
         self.detach(sf)
-        sf.unlinked = True
         fd, sf.fd = sf.fd, -1
         await trio.to_thread.run_sync(self._remove, sf, fd)
         self.used -= sf.size
