@@ -80,6 +80,24 @@ def test_create_write_read_back_and_commit(mnt: tuple[VfsMount, str, Path], moto
     assert "new.bin" in os.listdir(m.path / "s3")
 
 
+def test_fsync_again_and_again_on_one_open_file(mnt: tuple[VfsMount, str, Path], moto: MotoS3) -> None:
+    """Each fsync commits what was written so far; the next writes build on it (no ESTALE, no loss)."""
+    m, mode, _ = mnt
+    rng = random.Random(7)
+    parts = [rng.randbytes(n) for n in (5000, 70000, 3)]
+    fd = os.open(m.path / "s3" / "fsyncs.bin", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        for i, part in enumerate(parts):
+            os.write(fd, part)
+            os.fsync(fd)
+            assert s3_bytes(moto, f"{mode}/fsyncs.bin") == b"".join(parts[:i + 1])
+    finally:
+        os.close(fd)
+    committed(moto, f"{mode}/fsyncs.bin", b"".join(parts))
+    assert read_file(m.path / "s3" / "fsyncs.bin") == b"".join(parts)
+    assert not [n for n in os.listdir(m.path / "s3") if "conflict" in n]
+
+
 def test_overwrite_offsets_truncate_append(mnt: tuple[VfsMount, str, Path], moto: MotoS3) -> None:
     m, mode, _ = mnt
     p = m.path / "s3" / "edit.txt"

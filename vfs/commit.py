@@ -102,7 +102,7 @@ class Committer:
         backend = mount.backend
         assert isinstance(backend, WritableBackend)
         generation, source, size, data_id, path = sf.generation, self.staging.data_path(sf), sf.size, sf.id, sf.path
-        sf.uploading = True
+        sf.uploading, sf.upload_id = True, data_id
         try:
             try:
                 meta = await backend.write_file(path, source, sf.base, sf.mtime_ns)
@@ -119,7 +119,7 @@ class Committer:
                 sf.committed, sf.base = generation, meta.version
                 self._committed(mount, sf, meta)
         finally:
-            sf.uploading = False
+            sf.uploading, sf.upload_id = False, None
             if sf.id != data_id:  # written during the commit: the file got a data file of its own
                 await self.staging.forget_data(source, size)
             async with self._settled:

@@ -415,7 +415,9 @@ class Namespace:
             return sf
         node = self._node(ino)
         mount, inner = self._writable(node.path)
-        meta = node.told or (await self._resolve(node.path))[0]
+        meta = node.told
+        if meta is None or meta.version.startswith("staged:"):  # that copy is gone: ask the silo
+            meta = (await self._resolve(node.path))[0]
         if meta.is_dir:
             raise _error(errno.EISDIR, node.path)
         assert self.staging is not None
@@ -449,7 +451,7 @@ class Namespace:
         return len(data)
 
     async def _unshared(self, sf: StagedFile) -> None:
-        if sf.uploading:  # a commit reads the data file: this change goes to a copy of its own
+        if sf.uploading and sf.upload_id == sf.id:  # a commit reads the data file: changes go to a copy
             await self.staging.unshare(sf)  # type: ignore[union-attr]
 
     async def truncate(self, ino: int, size: int) -> None:
@@ -549,8 +551,9 @@ class Namespace:
         """A commit landed: the metadata and the inode learn the silo's version (same bytes)."""
         self.meta.learned(mount, meta)
         node = self.inodes.assign(child_of(mount.path, meta.path), False)
-        if node.told is not None and node.told.version == sf.version:
-            node.told = meta
+        # Whatever the kernel was told last (a staged generation of this file, or the version the
+        # commit replaced) is older than this; the bytes are the same, so no pages are dropped.
+        node.told = meta
         self.inodes.drop_unused(node)
 
     async def mkdir(self, parent_ino: int, name: str) -> Entry:

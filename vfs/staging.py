@@ -61,6 +61,10 @@ class StagedFile:
     committed: int = -1
     """The generation the silo holds (mode cache: never)."""
     uploading: bool = False
+    upload_id: str | None = None
+    """The data file a running commit reads (`id` until a change during it gets a copy of its own)."""
+    record_lock: trio.Lock = dataclasses.field(default_factory=trio.Lock, repr=False)
+    """One journal record write of this file at a time (close, fsync and commits race otherwise)."""
     unlinked: bool = False
     """Removed from the tree while the kernel may still read it through an open descriptor."""
     due: float = 0.0
@@ -195,7 +199,8 @@ class StagingArea:
         sf.mtime_ns = time.time_ns()
 
     async def unshare(self, sf: StagedFile) -> None:
-        """Give `sf` a data file of its own while a commit still reads the old one (copy on write)."""
+        """Give `sf` a data file of its own while a commit still reads the old one (copy on write).
+        Once per commit: the copy is the file's own, later changes go to it."""
         old = self.data_path(sf)
         sf_id = secrets.token_hex(8)
         new = str(self.dir / f"{sf_id}.data")
@@ -212,7 +217,7 @@ class StagingArea:
         record = self._record_path(sf)
         old_fd, sf.fd, sf.id = sf.fd, fd, sf_id
         if record.exists():  # the accepted bytes are in the new file too
-            await trio.to_thread.run_sync(self._write_record, sf)
+            await self._save_record(sf)
             record.unlink(missing_ok=True)
         await trio.to_thread.run_sync(os.close, old_fd)
         # The old data file stays until the commit reading it ends (`forget_data`).
@@ -232,12 +237,16 @@ class StagingArea:
             return
         generation = sf.generation
         await trio.to_thread.run_sync(os.fsync, sf.fd)
-        await trio.to_thread.run_sync(self._write_record, sf)
+        await self._save_record(sf)
         sf.accepted = max(sf.accepted, generation)
 
     def _record(self, sf: StagedFile) -> dict[str, Any]:
         return {"v": RECORD_VERSION, "mount": sf.mount, "path": sf.path, "base": sf.base, "mode": sf.mode,
                 "size": sf.size, "mtime_ns": sf.mtime_ns}
+
+    async def _save_record(self, sf: StagedFile) -> None:
+        async with sf.record_lock:
+            await trio.to_thread.run_sync(self._write_record, sf)
 
     def _write_record(self, sf: StagedFile) -> None:
         final = self._record_path(sf)
@@ -256,7 +265,7 @@ class StagingArea:
     async def rewrite_record(self, sf: StagedFile) -> None:
         """After a rename or a change of base: the record on disk follows, if there is one."""
         if sf.accepted >= 0 and not sf.unlinked:
-            await trio.to_thread.run_sync(self._write_record, sf)
+            await self._save_record(sf)
 
     def recover(self) -> tuple[list[StagedFile], list[str]]:
         """Staged files whose records survived a stop or a crash, and the data files no close accepted

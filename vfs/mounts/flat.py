@@ -85,23 +85,26 @@ class Level:
 # --- changing a flat-keyed silo ------------------------------------------------------------------
 
 async def for_each(items: Iterable[T], fn: Callable[[T], Awaitable[None]], concurrency: int) -> None:
-    """`await fn(item)` for every item, at most `concurrency` at once. The first OSError cancels the
-    calls not yet done and is raised alone (not wrapped in an ExceptionGroup)."""
+    """`await fn(item)` for every item, at most `concurrency` at once, started in the items' order
+    (a server may wait for part 1 before it answers part 2). The first OSError cancels the calls not
+    yet done and is raised alone (not wrapped in an ExceptionGroup)."""
     failed: list[OSError] = []
-    limiter = trio.CapacityLimiter(max(1, concurrency))
+    slots = trio.Semaphore(max(1, concurrency))
 
     async def one(item: T, cancel: trio.CancelScope) -> None:
-        async with limiter:
-            if failed:
-                return
-            try:
-                await fn(item)
-            except OSError as exc:
-                failed.append(exc)
-                cancel.cancel()
+        try:
+            await fn(item)
+        except OSError as exc:
+            failed.append(exc)
+            cancel.cancel()
+        finally:
+            slots.release()
 
     async with trio.open_nursery() as nursery:
         for item in items:
+            await slots.acquire()  # here, not in `one`: trio starts tasks in no promised order
+            if failed:
+                break
             nursery.start_soon(one, item, nursery.cancel_scope)
     if failed:
         raise failed[0]
