@@ -32,12 +32,25 @@ The budget counts 24 + K + N per block (what this module writes; sqlite's row ov
 rounding are not counted).
 
 Restart: opening a directory rebuilds the index (key -> bytes) and the policy's resident set from the
-headers on disk (header check only; the CRC is checked when a block is read). Blocks are re-admitted in
+headers on disk (header check only; the CRC is checked when a block is read); the bad rows found go in one
+log line. Blocks are re-admitted in
 the order they were stored (a diskcache tag holds the store time), so FIFO order survives; LRU recency
 and LFU counts do not (they would cost a write per hit). A directory is used by one process at a time
 (an flock on `vfs.lock`).
 
-Errors: any SSD error (disk full, I/O error, sqlite error or timeout) is logged and is a miss (get) or a
+Damage found at start-up, each in one log line: a `cache.db` that sqlite's `quick_check` rejects (garbled,
+truncated) is moved aside to `cache.db.damaged` (replacing an older one) and the tier starts empty; value
+files no row points to (a crash between writing a value file and its row, or a lost `cache.db`) are
+deleted, so every byte on disk is inside the budget again. A directory that cannot be used at all (another
+user's, a read-only file system, sqlite refusing it) raises from the constructor: `build_cache` then runs
+without the tier.
+
+Disk full (ENOSPC, EDQUOT, SQLITE_FULL) on a write: the budget becomes the bytes the tier holds plus the
+bytes free on the disk, less SQLITE_HEADROOM (one error line, later ones at debug level), so the next blocks go in by evicting
+old ones; while it is below the configured budget it is refitted (a statvfs) before every write, so it
+grows back when the disk has room again. A value file half-written when the write failed is deleted.
+
+Errors: any other SSD error (I/O error, sqlite error or timeout) is logged and is a miss (get) or a
 block not stored (put); nothing is raised to the caller. Only a programming error (a non-bytes value, a
 non-BlockKey key) raises TypeError.
 
@@ -80,6 +93,8 @@ HEADER = struct.Struct("<4sHHIQI")  # magic, format, reserved, key length, paylo
 CRC_COVERS = 20  # the header bytes before the crc field are covered by the crc
 MAX_KEY_BYTES = 64 * 1024  # PATH_MAX (4096) plus mount and version strings, with a wide margin
 LOCK_NAME = "vfs.lock"
+DB_NAME = "cache.db"
+DAMAGED_SUFFIX = ".damaged"
 
 DISKCACHE_SETTINGS = {
     "eviction_policy": "none",  # our policy chooses victims, diskcache never does
@@ -93,6 +108,8 @@ SQLITE_TIMEOUT = 10.0  # seconds sqlite waits on a locked database before an err
 # writes hold the lock for a row insert only (the value file is written before), so 10 s means trouble
 
 SSD_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+SQLITE_HEADROOM = 2**20  # bytes left free on a full disk for sqlite: its WAL grows with every insert and
+# delete until a checkpoint, and a delete it cannot log cannot free anything
 
 
 class UnsafeValue(ValueError):
@@ -113,7 +130,30 @@ class ForeignKey:
 
 
 class BlockDisk(diskcache.Disk):
-    """diskcache serialisation restricted to str keys and bytes values; pickle is never used."""
+    """diskcache serialisation restricted to str keys and bytes values; pickle is never used.
+
+    It also remembers (per thread) the value file its last `store` wrote, so that a `set` whose row
+    never committed (a full disk) can delete that file instead of leaving it outside the budget."""
+
+    def __init__(self, directory: str, **kwargs: object) -> None:
+        super().__init__(directory, **kwargs)
+        self._last = threading.local()
+
+    def take_stored_file(self) -> str | None:
+        """The value file (relative path) the last `store` of this thread wrote, once; None if none."""
+        name = getattr(self._last, "file", None)
+        self._last.file = None
+        return name
+
+    def _write(self, full_path: str, iterator: object, mode: str, encoding: str | None = None) -> int:
+        existed = os.path.exists(full_path)
+        try:
+            return super()._write(full_path, iterator, mode, encoding)
+        except BaseException:
+            if not existed:  # a half-written value file (ENOSPC): not left outside the budget
+                with contextlib.suppress(OSError):
+                    os.unlink(full_path)
+            raise
 
     def put(self, key: object) -> tuple[object, bool]:
         if type(key) is str:
@@ -130,7 +170,10 @@ class BlockDisk(diskcache.Disk):
     def store(self, value: object, read: bool, key: object = diskcache.core.UNKNOWN) -> tuple:
         if read or type(value) is not bytes:
             raise TypeError(f"SSD cache values are bytes, not {type(value).__name__}")
-        return super().store(value, read, key)
+        self._last.file = None
+        stored = super().store(value, read, key)
+        self._last.file = stored[2]
+        return stored
 
     def fetch(self, mode: int, filename: str | None, value: object, read: bool) -> object:
         if mode == diskcache.core.MODE_RAW and type(value) is not bytes:
@@ -234,6 +277,73 @@ def prepare_directory(path: str) -> None:
         os.chmod(path, 0o700)
 
 
+def is_damage(exc: BaseException) -> bool:
+    """Whether an sqlite error says the database file itself is bad (not locked, not read-only, not I/O)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether an SSD error means there is no room on the disk (or in the user's quota)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def database_problem(path: str) -> str | None:
+    """Why the `cache.db` of directory `path` cannot be trusted (sqlite's quick_check), or None if it can
+    (or does not exist). sqlite errors that are not about the file's contents (locked, read-only) raise."""
+    db = os.path.join(path, DB_NAME)
+    if not os.path.exists(db):
+        return None
+    con = sqlite3.connect(db, timeout=SQLITE_TIMEOUT)
+    try:
+        rows = con.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        if not is_damage(exc):
+            raise
+        return str(exc)
+    finally:
+        con.close()
+    if rows == [("ok",)]:
+        return None
+    first = str(rows[0][0]).replace("*** in database main ***", "").strip().splitlines()
+    return f"quick_check: {first[0][:200] if first else 'failed'}"
+
+
+def set_aside_database(path: str) -> str:
+    """Move a damaged `cache.db` to `cache.db.damaged` (one kept, for a bug report) and drop its journal
+    files; return the new name."""
+    db = os.path.join(path, DB_NAME)
+    aside = db + DAMAGED_SUFFIX
+    os.replace(db, aside)
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(db + suffix)
+    return aside
+
+
+def value_files(path: str) -> Iterator[str]:
+    """Every diskcache value file under `path` (full paths)."""
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            if name.endswith(".val"):
+                yield os.path.join(root, name)
+
+
+def delete_orphans(path: str, indexed: set[str]) -> tuple[int, int]:
+    """Delete the value files under `path` not in `indexed` (real paths); return (files, bytes) deleted."""
+    files = size = 0
+    for file in value_files(path):
+        if os.path.realpath(file) in indexed:
+            continue
+        with contextlib.suppress(OSError):
+            length = os.path.getsize(file)
+            os.unlink(file)
+            files += 1
+            size += length
+    return files, size
+
+
 def _open_diskcache(path: str, disk: type[BlockDisk]) -> diskcache.Cache:
     return diskcache.Cache(path, timeout=SQLITE_TIMEOUT, disk=disk, **DISKCACHE_SETTINGS)
 
@@ -266,10 +376,12 @@ class ScannedRow:
     charge: int  # bytes on disk, header included; 0 when unknown
     stored_ns: int
     problem: str | None  # why the row must go; None for a good block (by its header)
+    file: str | None = None  # full path of its value file; None when the value is inline in sqlite
 
 
 def _scan(cache: diskcache.Cache) -> Iterator[ScannedRow]:
-    """Every row, checked by header (not CRC: that would read the whole cache at start-up)."""
+    """Every row, checked by header (not CRC: that would read the whole cache at start-up).
+    sqlite errors propagate (a damaged database shows here as sqlite3.DatabaseError)."""
     for db_key in cache.iterkeys():
         if type(db_key) is not str:
             yield ScannedRow(db_key, None, 0, 0, "key is not a str (a pickled or foreign row)")
@@ -282,20 +394,24 @@ def _scan(cache: diskcache.Cache) -> Iterator[ScannedRow]:
             value, tag = cache.get(db_key, read=True, tag=True)
             if value is None:
                 raise CorruptBlock("value file missing")
+            file = None if isinstance(value, bytes) else os.path.realpath(value.name)
             with _as_reader(value) as reader:
                 total = _size_of(reader)
                 _check_header(reader, db_key.encode("utf-8"), total)
         except (CorruptBlock, UnsafeValue, OSError) as exc:
             yield ScannedRow(db_key, key, 0, 0, str(exc))
             continue
-        yield ScannedRow(db_key, key, total, tag if type(tag) is int else 0, None)
+        yield ScannedRow(db_key, key, total, tag if type(tag) is int else 0, None, file)
 
 
 def cache_info(path: str) -> dict:
     """What an SSD cache directory holds, for `vfs cache info`; read-only, safe while mounted."""
     info: dict = {"directory": os.path.abspath(path), "exists": os.path.isdir(path), "format_version": FORMAT_VERSION}
-    if not info["exists"] or not os.path.exists(os.path.join(path, "cache.db")):
+    if not info["exists"] or not os.path.exists(os.path.join(path, DB_NAME)):
         return {**info, "blocks": 0, "bytes": 0, "bad_rows": 0, "disk_bytes": 0, "in_use": False}
+    problem = database_problem(path)
+    if problem is not None:  # the next mount sets it aside; its blocks count as none
+        return {**info, "blocks": 0, "bytes": 0, "bad_rows": 0, "disk_bytes": 0, "in_use": False, "damaged": problem}
     try:
         fd = _lock_directory(path)
     except BlockingIOError:
@@ -329,16 +445,14 @@ def cache_clear(path: str) -> int:
     if not os.path.isdir(path):
         return 0
     with _exclusive(path):
+        if database_problem(path) is not None:
+            set_aside_database(path)
         cache = _open_diskcache(path, BlockDisk)
         try:
             removed = cache.clear()
         finally:
             cache.close()
-        for root, _dirs, files in os.walk(path):  # value files whose row was never committed (a crash)
-            for name in files:
-                if name.endswith(".val"):
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(root, name))
+        delete_orphans(path, set())  # value files whose row was never committed (a crash)
     return removed
 
 
@@ -358,20 +472,29 @@ class SsdStore:
         """SSD errors seen (each logged and turned into a miss or an unstored block)."""
         self.corrupt = 0
         """Blocks found corrupt, truncated or foreign, and deleted."""
+        self.budget = capacity
+        """The configured budget; `capacity` is lower while the disk is full (see the module docstring)."""
+        self.disk_full = 0
+        """Writes that failed for want of room on the disk (each lowered `capacity`)."""
+        self.damaged_db: str | None = None
+        """Why the cache.db found at start was set aside, or None."""
+        self.orphans = 0
+        """Value files no row pointed to, deleted at start."""
         self.used = 0
-        """Bytes of resident blocks + blocks being deleted + blocks being written: never > capacity."""
+        """Bytes of resident blocks + blocks being deleted + blocks being written: never > budget (nor >
+        capacity, except just after a full disk lowered capacity: the next write evicts down to it)."""
         self._lock = threading.Lock()
         self._resident: dict[BlockKey, tuple[int, int]] = {}  # key -> (charge, generation)
         self._writing: dict[BlockKey, int] = {}  # key -> charge: reserved, being written
         self._deleting: dict[BlockKey, int] = {}  # key -> charge: out of the index, being deleted
+        self._files: dict[BlockKey, str] = {}  # key -> its value file (full path); inline blocks have none
         self._undeleted: dict[str, int] = {}  # disk key -> charge: deletes that failed, still counted
         self._pins: collections.Counter[BlockKey] = collections.Counter()
         self._generation = itertools.count()
         prepare_directory(self.directory)
         self._lock_fd: int | None = _lock_directory(self.directory)
         try:
-            self._cache = _open_diskcache(self.directory, disk)
-            self._rebuild()
+            self._open(disk)
         except BaseException:
             self.close()
             raise
@@ -428,21 +551,27 @@ class SsdStore:
         evicted: list[BlockKey] = []
         if not self._make_room(key, charge, evicted):
             return evicted
-        ok = False
+        failure: BaseException | None = None
+        file = None
         try:
             self._cache.set(str(key), encode_block(kb, data), tag=time.time_ns())
-            ok = True
+            file = self._stored_file()
         except SSD_ERRORS as exc:
-            self._error("write", key, exc)
+            failure = exc
+            self._forget_value_file()
         with self._lock:
             del self._writing[key]
-            if ok:
+            if failure is None:
+                if file is not None:
+                    self._files[key] = file
                 self._resident[key] = (charge, next(self._generation))
                 self.policy.admit(key, charge)
                 self.stats.inserts += 1
                 self.stats.insert_bytes += charge
             else:
                 self.used -= charge
+        if failure is not None:
+            self._write_failed(key, failure)
         return evicted
 
     def touch(self, key: BlockKey) -> None:
@@ -520,6 +649,46 @@ class SsdStore:
             self._error("read", key, exc)
             return None, isinstance(exc, OSError) and exc.errno == errno.EIO
 
+    def _stored_file(self) -> str | None:
+        """The value file (full path) the last set of this thread wrote, if any."""
+        disk = self._cache.disk
+        name = disk.take_stored_file() if isinstance(disk, BlockDisk) else None
+        return None if name is None else os.path.join(self.directory, name)
+
+    def _forget_value_file(self) -> None:
+        """After a failed set: delete the value file it wrote, if any (its row never committed)."""
+        file = self._stored_file()
+        if file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(file)
+
+    def _write_failed(self, key: BlockKey, exc: BaseException) -> None:
+        """A write failed: a full disk fits the budget to the disk (one error line, later ones at debug
+        level); any other error is logged as an error."""
+        if not is_full(exc):
+            self._error("write", key, exc)
+            return
+        with self._lock:
+            self.errors += 1
+            self.disk_full += 1
+            first = self.disk_full == 1
+        held, free = self._fit_budget_to_disk()
+        log.log(logging.ERROR if first else logging.DEBUG,
+                "SSD cache %s: disk full (%s): budget %d bytes for now (%d held + %d free on the disk, "
+                "configured %d); new blocks evict old ones", self.directory, exc, self.capacity, held, free, self.budget)
+
+    def _fit_budget_to_disk(self) -> tuple[int, int]:
+        """capacity = what the tier holds + what the disk has free - SQLITE_HEADROOM, at most the configured
+        budget; return (held, free). Called after a full disk and before every write while capacity < budget."""
+        try:
+            st = os.statvfs(self.directory)
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            free = 0
+        with self._lock:
+            self.capacity = min(self.budget, max(0, self.used + free - SQLITE_HEADROOM))
+            return self.used, free
+
     def _error(self, what: str, key: object, exc: BaseException) -> None:
         with self._lock:
             self.errors += 1
@@ -531,19 +700,33 @@ class SsdStore:
         self.policy.remove(key)
 
     def _finish_delete(self, keys: list[BlockKey]) -> None:
-        """Delete blocks from disk (outside the lock), then release their bytes."""
+        """Delete blocks from disk (outside the lock), then release their bytes. A value file goes before
+        its row: on a full disk sqlite cannot record a delete (its WAL cannot grow), so the bytes are freed
+        first; a row left without its file costs no budget and its delete is retried before later writes."""
         for key in keys:
             text = str(key)
+            with self._lock:
+                file = self._files.pop(key, None)
+            if file is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(file)
             try:
                 self._cache.delete(text)
                 failed = False
             except SSD_ERRORS as exc:
-                self._error("delete", key, exc)
+                if is_full(exc):
+                    log.debug("SSD cache %s: delete of %r waits for room on the disk: %s", self.directory, key, exc)
+                    with self._lock:
+                        self.errors += 1
+                else:
+                    self._error("delete", key, exc)
                 failed = True
             with self._lock:
                 charge = self._deleting.pop(key)
+                left = 0 if file is not None else charge
                 if failed:
-                    self._undeleted[text] = self._undeleted.get(text, 0) + charge
+                    self._undeleted[text] = self._undeleted.get(text, 0) + left
+                    self.used -= charge - left
                 else:
                     self.used -= charge
 
@@ -562,6 +745,8 @@ class SsdStore:
         """Reserve `charge` bytes for `key`, evicting as needed; False if the block cannot go in."""
         if self._undeleted:
             self._retry_undeleted()
+        if self.capacity < self.budget:
+            self._fit_budget_to_disk()
         replaced = False
         while True:
             victims: list[BlockKey] = []
@@ -596,26 +781,65 @@ class SsdStore:
                     evicted.append(victim)  # type: ignore[arg-type]
             self._finish_delete(victims)
 
-    def _rebuild(self) -> None:
-        """Index what is on disk (see the module docstring: store order survives, recency does not)."""
+    def _open(self, disk: type[BlockDisk]) -> None:
+        """Open the directory and index it; a damaged cache.db is set aside and the tier starts empty."""
+        problem = database_problem(self.directory)
+        if problem is None:
+            self._cache = _open_diskcache(self.directory, disk)
+            try:
+                good = self._scan_rows(self._cache)
+            except sqlite3.DatabaseError as exc:
+                self._cache.close()
+                if not is_damage(exc):
+                    raise
+                problem = str(exc)
+            else:
+                self._index(good)
+                self._sweep({row.file for row in good if row.file is not None}, None)
+                return
+        set_aside_database(self.directory)
+        self.damaged_db = problem
+        self._sweep(set(), problem)
+        self._cache = _open_diskcache(self.directory, disk)
+
+    def _scan_rows(self, cache: diskcache.Cache) -> list[ScannedRow]:
+        """The good rows, in store order; bad ones are deleted and summed up in one log line."""
         good: list[ScannedRow] = []
-        try:
-            for row in _scan(self._cache):
-                if row.problem is None:
-                    good.append(row)
-                    continue
-                self.corrupt += 1
-                log.warning("SSD cache %s: deleting row %r: %s", self.directory, row.db_key, row.problem)
-                try:
-                    self._cache.delete(row.db_key)
-                except SSD_ERRORS as exc:
-                    self._error("delete", row.db_key, exc)
-        except SSD_ERRORS as exc:
-            self._error("scan", self.directory, exc)
+        bad: list[ScannedRow] = []
+        for row in _scan(cache):
+            (bad if row.problem is not None else good).append(row)
+        for row in bad:
+            log.debug("SSD cache %s: deleting row %r: %s", self.directory, row.db_key, row.problem)
+            try:
+                cache.delete(row.db_key)
+            except SSD_ERRORS as exc:
+                self._error("delete", row.db_key, exc)
+        if bad:
+            self.corrupt += len(bad)
+            log.warning("SSD cache %s: %d bad or foreign block(s) deleted at start (first: %r: %s)",
+                        self.directory, len(bad), bad[0].db_key, bad[0].problem)
         good.sort(key=lambda row: row.stored_ns)
+        return good
+
+    def _sweep(self, indexed: set[str], problem: str | None) -> None:
+        """Delete the value files no row points to; one log line for a set-aside database or for orphans."""
+        files, size = delete_orphans(self.directory, indexed)
+        self.orphans = files
+        if problem is not None:
+            log.warning("SSD cache %s: %s is damaged (%s): moved to %s%s, its %d block file(s) (%d bytes) "
+                        "deleted; the tier starts empty", self.directory, DB_NAME, problem, DB_NAME, DAMAGED_SUFFIX,
+                        files, size)
+        elif files:
+            log.warning("SSD cache %s: %d block file(s) (%d bytes) that no row of %s points to (a crash or a "
+                        "lost %s) deleted", self.directory, files, size, DB_NAME, DB_NAME)
+
+    def _index(self, good: list[ScannedRow]) -> None:
+        """Index the good rows (see the module docstring: store order survives, recency does not)."""
         for row in good:
             assert row.key is not None
             self._resident[row.key] = (row.charge, next(self._generation))
+            if row.file is not None:
+                self._files[row.key] = row.file
             self.policy.admit(row.key, row.charge)
             self.used += row.charge
         over: list[BlockKey] = []

@@ -2,7 +2,8 @@
 
 What this module owns: the order of lookups (RAM -> blocks queued for the SSD -> SSD -> miss),
 promotion (an SSD hit is put in RAM), getting blocks onto the SSD, pins across tiers, the stats of
-every tier, `clear`, and `build_cache` (the `[cache]` table of the config -> a BlockCache).
+every tier, `clear`, and `build_cache` (the `[cache]` table of the config -> a BlockCache; a directory
+the SSD tier cannot use switches that tier off with one warning instead of stopping the mount).
 
 Getting blocks onto the SSD: demote-on-evict. A block the reader puts goes to RAM only; when RAM
 evicts it and the SSD does not hold it, it is queued for the SSD. `close()` (unmount) writes what is
@@ -49,7 +50,7 @@ import trio
 from vfs.cache.block import BlockKey
 from vfs.cache.policy import EvictionPolicy, policy_class
 from vfs.cache.ram import RamStore
-from vfs.cache.ssd import SsdStore
+from vfs.cache.ssd import SSD_ERRORS, SsdStore
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +288,9 @@ class BlockCache:
         out: dict[str, dict] = {"ram": _tier_stats(self.ram)}
         if self.ssd is not None and self.writer is not None:
             out["ssd"] = {**_tier_stats(self.ssd), "errors": self.ssd.errors + self.ssd_failures,
-                          "corrupt": self.ssd.corrupt, "directory": self.ssd.directory}
+                          "corrupt": self.ssd.corrupt, "directory": self.ssd.directory, "budget": self.ssd.budget,
+                          "disk_full": self.ssd.disk_full, "orphans": self.ssd.orphans,
+                          "damaged_db": self.ssd.damaged_db}
             out["ssd_writer"] = {**dataclasses.asdict(self.writer.stats), "queued_bytes": self.writer.queued_bytes,
                                  "write_through": self.write_through}
         return out
@@ -295,11 +298,23 @@ class BlockCache:
 
 def build_cache(block_size: int, ram_size: int, ram_policy: str, ssd_dir: str | None, ssd_size: int,
                 ssd_policy: str) -> BlockCache:
-    """The cache the `[cache]` table describes; no SSD tier when ssd_dir is empty or ssd_size is 0."""
+    """The cache the `[cache]` table describes; no SSD tier when ssd_dir is empty, ssd_size is 0 or the
+    directory cannot be used."""
     if block_size <= 0 or ram_size < 0 or ssd_size < 0:
         raise ValueError("cache sizes must be positive")
     ram = RamStore(ram_size, make_policy(ram_policy, ram_size))
     ssd = None
     if ssd_dir and ssd_size > 0:
-        ssd = SsdStore(ssd_dir, ssd_size, make_policy(ssd_policy, ssd_size))
+        ssd = open_ssd(ssd_dir, ssd_size, make_policy(ssd_policy, ssd_size))
     return BlockCache(block_size, ram, ssd)
+
+
+def open_ssd(ssd_dir: str, ssd_size: int, policy: EvictionPolicy) -> SsdStore | None:
+    """The SSD tier, or None (one warning) when its directory cannot be used: another user's, not
+    writable, in use by another vfs process, or refused by sqlite. The mount then serves from RAM and
+    the silo; a damaged cache.db is no reason (SsdStore sets it aside and starts empty)."""
+    try:
+        return SsdStore(ssd_dir, ssd_size, policy)
+    except SSD_ERRORS as exc:
+        log.warning("SSD tier off: %s cannot be used (%s); blocks are cached in RAM only", ssd_dir, exc)
+        return None
