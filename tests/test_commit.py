@@ -86,7 +86,7 @@ def test_back_mode_outlasts_a_failing_silo(tmp_path: Path) -> None:
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0.01))
     assert {k: v[0] for k, v in backend.objects.items()} == files
-    assert (ns.committer.failures, backend.calls) == (45, 45 + len(files)), backend.errors  # type: ignore[union-attr]
+    assert (ns.committer.failures.value, backend.calls) == (45, 45 + len(files)), backend.errors  # type: ignore[union-attr]
     assert not list((tmp_path / "staging").glob("*.json")), "the journal empties"
 
 

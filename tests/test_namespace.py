@@ -535,9 +535,9 @@ def test_without_opens_open_answers_enosys_and_read_takes_the_inode() -> None:
         assert errno_of_call(info) == errno.ENOSYS
         assert await ns.read(f.ino, 1, 3) == b"ell"
         assert await ns.read(f.ino, 0, 100) == b"hello"
-        assert ns.reader.stats()["reader"]["open_handles"] == 1
+        assert ns.stats()["reader"]["open_handles"] == 1
         ns.forget(f.ino, 1)  # the kernel forgets the inode: its read state goes with it
-        assert ns.reader.stats()["reader"]["open_handles"] == 0
+        assert ns.stats()["reader"]["open_handles"] == 0
         assert invalidated == []
 
     without_opens(test)

@@ -29,6 +29,7 @@ from typing import Callable
 
 import trio
 
+from vfs.metrics import Counter, Registry
 from vfs.mount_table import Mount, MountTable
 from vfs.mounts.base import ObjectMeta, WritableBackend
 from vfs.reader import Reader
@@ -65,9 +66,11 @@ class Committer:
         self._settled = trio.Condition()
         self._slots = trio.Semaphore(BACKGROUND_COMMITS)
         self._warned: dict[str, float] = {}
-        self.commits = 0
-        self.conflicts = 0
-        self.failures = 0
+        self.commits = Counter()
+        self.conflicts = Counter()
+        """Commits that lost a race (saved under a conflict name)."""
+        self.failures = Counter()
+        """Tries of background commits that failed (each is tried again)."""
 
     # --- what close() and fsync() call ----------------------------------------------------------
 
@@ -111,7 +114,7 @@ class Committer:
                     raise
                 await self._conflict(mount, backend, sf, source)
                 raise
-            self.commits += 1
+            self.commits.inc()
             sf.failures = 0
             await self.reader.adopt(mount, meta.path, meta.version, source, size)
             if sf.path == path:
@@ -135,7 +138,7 @@ class Committer:
 
     async def _conflict(self, mount: Mount, backend: WritableBackend, sf: StagedFile, source: str) -> None:
         """Our bytes lost a race: commit them beside the silo's under a conflict name; drop them here."""
-        self.conflicts += 1
+        self.conflicts.inc()
         for attempt in range(100):
             name = conflict_name(sf.path) + (f"-{attempt}" if attempt else "")
             try:
@@ -178,7 +181,7 @@ class Committer:
         except OSError as exc:
             if exc.errno == errno.ESTALE:
                 return  # saved under a conflict name
-            self.failures += 1
+            self.failures.inc()
             sf.failures += 1
             sf.due = trio.current_time() + min(MAX_BACKOFF, 2.0 ** (sf.failures - 1)) * random.uniform(0.8, 1.2)
             self._warn(sf, exc)
@@ -195,6 +198,28 @@ class Committer:
 
     def pending(self) -> int:
         return sum(1 for sf in self.staging.files.values() if sf.pending)
+
+    def failing(self) -> int:
+        """Files waiting for a commit whose last try failed."""
+        return sum(1 for sf in self.staging.files.values() if sf.pending and sf.failures)
+
+    def register(self, registry: Registry) -> None:
+        """Commits, and the staging area they drain."""
+        s = self.staging
+        for name, help, stats, child in (
+            ("commits", "Staged files committed to their silo", "commits", self.commits),
+            ("commit_conflicts", "Commits that lost a race and were saved under a conflict name", "conflicts", self.conflicts),
+            ("commit_failures", "Tries of commits that failed (each is tried again)", "commit_failures", self.failures),
+        ):
+            registry.counter(name, help, (), ("writes", stats)).attach((), child)
+        for name, help, stats, fn in (
+            ("uploads_pending", "Closed files not committed yet", "pending_commits", self.pending),
+            ("uploads_failing", "Files waiting for a commit whose last try failed", "failing_commits", self.failing),
+            ("staged_files", "Files in the staging area", "staged_files", lambda: len(s.files)),
+            ("staged_bytes", "Bytes in the staging area", "staged_bytes", lambda: s.used),
+            ("staging_capacity_bytes", "Bytes the staging area may hold", "staging_capacity", lambda: s.budget),
+        ):
+            registry.gauge(name, help, (), ("writes", stats)).labels().set_function(fn)
 
     async def drain(self, timeout: float) -> int:
         """At unmount: commit what is pending now, for at most `timeout` seconds; how many are left."""

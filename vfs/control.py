@@ -1,4 +1,5 @@
-"""vfs's own files under `/.vfs`: `stats`, JSON counters of every tier, backend and staged file.
+"""vfs's own files under `/.vfs`: `stats`, the JSON of the mount's metrics registry (vfs/metrics.py:
+tiers, reader, backends, writes, FUSE requests).
 
 `/.vfs` is left out of the root's listing but found by path. With opens, the stats file is rendered
 afresh at each open and read with direct_io (its size is unknown until rendered); without opens, one

@@ -12,7 +12,6 @@ in `Namespace.flush_inodes` by itself, and only a close after a change reaches v
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import logging
@@ -25,6 +24,7 @@ import pyfuse3
 import trio
 
 from vfs.errors import errno_of
+from vfs.metrics import Registry
 from vfs.namespace import Entry, Namespace
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,17 @@ _WARN_EVERY = 30.0
 
 
 class _Errors:
-    def __init__(self, requests: collections.Counter[str]) -> None:
+    """Each request timed (per operation, in the metrics registry), and its errors mapped to errnos."""
+
+    def __init__(self, registry: Registry) -> None:
         self._last: dict[tuple[int, str, str], float] = {}
-        self.requests = requests
+        self.latency = registry.histogram("fuse_request_duration_seconds", "FUSE requests by operation and duration",
+                                          ("operation",), stats=("requests", "{operation}"),
+                                          stats_sum=("request_seconds", "{operation}"))
 
     @contextlib.contextmanager
     def __call__(self, op: str) -> Iterator[None]:
-        self.requests[op] += 1
+        start = time.perf_counter()
         try:
             yield
         except pyfuse3.FUSEError:
@@ -58,6 +62,8 @@ class _Errors:
                     self._last[key] = now
                     log.warning("%s failed: %s", op, exc, exc_info=not isinstance(exc, OSError))
             raise pyfuse3.FUSEError(err) from None
+        finally:
+            self.latency.labels(op).observe(time.perf_counter() - start)
 
 
 class FuseOps(pyfuse3.Operations):
@@ -70,7 +76,7 @@ class FuseOps(pyfuse3.Operations):
         self.ns = ns
         self.uid = os.getuid()
         self.gid = os.getgid()
-        self._errors = _Errors(ns.requests)
+        self._errors = _Errors(ns.metrics)
         ns.invalidate_kernel = self._invalidate
         self.writable = any(m.writable for m in ns.table.mounts)
         if self.writable and hasattr(pyfuse3, "flush_inodes"):
@@ -204,8 +210,8 @@ class FuseOps(pyfuse3.Operations):
             await self.ns.rename(parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new), flags)
 
     async def release(self, fh: int) -> None:
-        self.ns.requests["release"] += 1
-        self.ns.release(fh)
+        with self._errors("release"):
+            self.ns.release(fh)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         out = pyfuse3.StatvfsData()

@@ -24,7 +24,6 @@ between awaits (a node is assigned and referenced with no await in between).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import errno
 import itertools
@@ -38,6 +37,7 @@ import trio
 from vfs.commit import Committer
 from vfs.control import CONTROL_DIR, STATS_FILE, ControlFiles
 from vfs.inodes import Inode, InodeTable
+from vfs.metrics import Registry
 from vfs.metadata import MetadataCache
 from vfs.mount_table import Mount, MountTable, child_of, parent_of
 from vfs.mounts.base import ObjectMeta, WritableBackend
@@ -89,15 +89,14 @@ def _error(err: int, what: str) -> OSError:
 
 class Namespace:
     def __init__(self, table: MountTable, reader: Reader, default_ttl: float, metadata: MetadataCache | None = None,
-                 opens: bool = True, staging: StagingArea | None = None, write_back_delay: float = 5.0) -> None:
+                 opens: bool = True, staging: StagingArea | None = None, write_back_delay: float = 5.0,
+                 metrics: Registry | None = None) -> None:
         self.table = table
         self.opens = opens
         """False: files are opened by the kernel alone and `read` gets inode numbers (module doc)."""
         self.invalidate_kernel: Callable[[int], Awaitable[None]] | None = None
         """Set by the adapter: drop the kernel's cached pages and attributes of an inode."""
         self._nursery: trio.Nursery | None = None
-        self.requests: collections.Counter[str] = collections.Counter()
-        """FUSE requests by operation, counted by the adapter (shown in the stats file)."""
         self.reader = reader
         self.files = OpenFiles(reader)
         self.control = ControlFiles(self.stats, opens)
@@ -114,6 +113,9 @@ class Namespace:
         self._dirs: dict[int, DirHandle] = {}
         self._dir_ids = itertools.count(1)
         self.started = time.monotonic()
+        self.metrics = metrics or Registry()
+        """Every figure of the mount: `.vfs/stats` renders it, and vfs/prometheus.py exports it."""
+        self._register(self.metrics)
 
     def start(self, nursery: trio.Nursery) -> None:
         """Background work (prefetch of blocks, walk-ahead listings) runs in this nursery."""
@@ -355,24 +357,23 @@ class Namespace:
         elif self.opens:
             self.files.release(fh)
 
+    def _register(self, registry: Registry) -> None:
+        registry.gauge("uptime_seconds", "Seconds since the mount started", (), ("uptime_s",)).labels().set_function(
+            lambda: round(time.monotonic() - self.started, 3))
+        registry.gauge("inodes", "Inodes the kernel holds", (), ("inodes",)).labels().set_function(lambda: len(self.inodes))
+        registry.counter("walk_ahead_listings", "Directories listed ahead of a reader", (),
+                         ("walk_ahead_listings",)).labels().set_function(lambda: self.walk.listings)
+        registry.counter("swept_files", "Small files fetched ahead by directory sweeps", (),
+                         ("swept_files",)).labels().set_function(lambda: self.sweep.files)
+        self.reader.register(registry)
+        if self.committer is not None:
+            self.committer.register(registry)
+        for m in sorted(self.table.mounts, key=lambda m: m.path):
+            m.backend.stats.register(registry, m.path, m.backend.describe())
+
     def stats(self) -> dict[str, object]:
-        """Everything `.vfs/stats` shows: tiers, reader, and per mount its backend's counters."""
-        return {
-            "pid": os.getpid(),
-            "uptime_s": round(time.monotonic() - self.started, 3),
-            "inodes": len(self.inodes),
-            "requests": dict(sorted(self.requests.items())),
-            "walk_ahead_listings": self.walk.listings,
-            "swept_files": self.sweep.files,
-            **self.reader.stats(),
-            **({"writes": {"staged_files": len(self.staging.files), "staged_bytes": self.staging.used,
-                           "staging_capacity": self.staging.budget, "pending_commits": self.committer.pending(),
-                           "commits": self.committer.commits, "conflicts": self.committer.conflicts,
-                           "commit_failures": self.committer.failures}}
-               if self.staging is not None and self.committer is not None else {}),
-            "backends": {m.path: {"silo": m.backend.describe(), **dataclasses.asdict(m.backend.stats)}
-                         for m in sorted(self.table.mounts, key=lambda m: m.path)},
-        }
+        """Everything `.vfs/stats` shows: the metrics registry's snapshot."""
+        return self.metrics.snapshot()
 
     def statfs(self) -> dict[str, int]:
         bs = self.reader.block_size

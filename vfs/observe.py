@@ -27,6 +27,10 @@ def _ratio(hits: int, misses: int) -> str:
     return f"{hits / (hits + misses):.3f}" if hits + misses else "-"
 
 
+def _mean_ms(seconds: float, n: int) -> str:
+    return f"{1000 * seconds / n:.2f}" if n else "-"
+
+
 def format_stats(stats: dict[str, Any]) -> str:
     tiers = [
         (name, t.get("policy", ""), f"{format_size(t.get('used', 0))} / {format_size(t.get('capacity', 0))}",
@@ -35,21 +39,26 @@ def format_stats(stats: dict[str, Any]) -> str:
         for name, t in stats["tiers"].items() if isinstance(t, dict) and "hits" in t
     ]
     backends = [
-        (path, b["silo"], b["requests"], b["errors"], b["retries"], format_size(b["bytes"]))
+        (path, b["silo"], b["requests"], _mean_ms(b.get("seconds", 0.0), b["requests"]), b["errors"], b["retries"],
+         format_size(b["bytes"]), format_size(b.get("written", 0)))
         for path, b in stats["backends"].items()
     ]
+    seconds = stats.get("request_seconds", {})
+    requests = [(op, n, _mean_ms(seconds.get(op, 0.0), n)) for op, n in sorted(stats.get("requests", {}).items()) if n]
     r = stats["reader"]
     head = (f"vfs pid {stats['pid']}, up {stats['uptime_s']:.0f} s, {stats['inodes']} inodes, "
             f"{r['open_handles']} open files, block size {format_size(r['block_size'])}, {r['prefetches']} prefetches\n\n")
     w = stats.get("writes")
     if w:
         head += (f"writes: {w['staged_files']} staged files ({format_size(w['staged_bytes'])} of "
-                 f"{format_size(w['staging_capacity'])}), {w['pending_commits']} commits pending, "
-                 f"{w['commits']} done, {w['conflicts']} conflicts, {w['commit_failures']} failed tries\n\n")
+                 f"{format_size(w['staging_capacity'])}), {w['pending_commits']} commits pending "
+                 f"({w.get('failing_commits', 0)} failing), {w['commits']} done, {w['conflicts']} conflicts, "
+                 f"{w['commit_failures']} failed tries\n\n")
     return (head
             + render(("tier", "policy", "fill", "blocks", "hits", "misses", "hit ratio", "evictions"), tiers, "cache (hits and misses count block lookups)")
             + "\n"
-            + render(("mount", "silo", "requests", "errors", "retries", "bytes read"), backends, "backends"))
+            + render(("mount", "silo", "requests", "mean ms", "errors", "retries", "bytes read", "bytes written"), backends, "backends")
+            + ("\n" + render(("operation", "requests", "mean ms"), requests, "FUSE requests") if requests else ""))
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -117,7 +126,7 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction, cache_sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("stats", help="counters of a running mount (tiers, backends)")
+    s = sub.add_parser("stats", help="counters of a running mount (tiers, backends, FUSE requests)")
     s.add_argument("mountpoint")
     s.add_argument("--json", action="store_true", help="the raw .vfs/stats JSON")
     s.set_defaults(func=cmd_stats)

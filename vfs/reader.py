@@ -30,6 +30,7 @@ from typing import TextIO
 import trio
 
 from vfs.cache import BlockCache, BlockKey
+from vfs.metrics import Counter, Registry
 from vfs.mount_table import Mount
 from vfs.singleflight import SingleFlight
 
@@ -70,8 +71,9 @@ class Reader:
         self._flights: SingleFlight[BlockKey, bytes] = SingleFlight()
         self._nursery: trio.Nursery | None = None
         self._prefetch_slots = trio.Semaphore(max(1, prefetch_memory // self.block_size))
-        self.prefetches = 0
-        self.prefetches_skipped = 0
+        self.prefetches = Counter()
+        self.prefetches_skipped = Counter()
+        """Prefetches not started: the memory for prefetches in flight was used up."""
 
     def start(self, nursery: trio.Nursery) -> None:
         """Give the reader a nursery for background prefetch (none: no prefetch)."""
@@ -161,10 +163,10 @@ class Reader:
                 try:
                     self._prefetch_slots.acquire_nowait()
                 except trio.WouldBlock:
-                    self.prefetches_skipped += 1
+                    self.prefetches_skipped.inc()
                     break  # memory for prefetch is used up: try again on the next read
                 h.prefetched_to = i
-                self.prefetches += 1
+                self.prefetches.inc()
                 self._nursery.start_soon(self._prefetch, h, i)
 
     async def fetch_whole(self, mount: Mount, path: str, version: str, size: int) -> None:
@@ -195,13 +197,18 @@ class Reader:
         except Exception as exc:
             log.debug("prefetch of %s block %d failed: %s", h.path, index, exc)
 
-    def stats(self) -> dict[str, object]:
-        return {
-            "tiers": self.cache.stats(),
-            "reader": {"block_size": self.block_size, "open_handles": len(self.handles),
-                       "blocks_in_flight": len(self._flights), "prefetches": self.prefetches,
-                       "prefetches_skipped": self.prefetches_skipped},
-        }
+    def register(self, registry: Registry) -> None:
+        """The reader's figures, and the cache tiers' (read from their own counters when rendered)."""
+        registry.gauge("block_size_bytes", "Size of a cache block", (), ("reader", "block_size")).labels().set(self.block_size)
+        registry.gauge("reader_open_handles", "Reader handles open", (), ("reader", "open_handles")).labels().set_function(
+            lambda: len(self.handles))
+        registry.gauge("reader_blocks_in_flight", "Blocks being loaded from a silo", (),
+                       ("reader", "blocks_in_flight")).labels().set_function(lambda: len(self._flights))
+        registry.counter("reader_prefetches", "Blocks prefetched ahead of a sequential reader", (),
+                         ("reader", "prefetches")).attach((), self.prefetches)
+        registry.counter("reader_prefetches_skipped", "Prefetches not started: prefetch memory used up", (),
+                         ("reader", "prefetches_skipped")).attach((), self.prefetches_skipped)
+        register_cache(registry, self.cache)
 
     async def clear(self, tier: str | None = None) -> dict[str, int]:
         """Drop every cached block of one tier (or all)."""
@@ -213,3 +220,68 @@ class Reader:
             self.trace.close()
             self.trace = None
         self.cache.close()
+
+
+# Counters every tier keeps in its TierStats: (field, metric name, help).
+_TIER_COUNTERS = (
+    ("hits", "cache_hits", "Block lookups the tier answered"),
+    ("misses", "cache_misses", "Block lookups the tier could not answer"),
+    ("hit_bytes", "cache_hit_bytes", "Bytes of the blocks the tier answered with"),
+    ("inserts", "cache_inserts", "Blocks stored in the tier"),
+    ("insert_bytes", "cache_inserted_bytes", "Bytes stored in the tier"),
+    ("evictions", "cache_evictions", "Blocks evicted from the tier"),
+    ("eviction_bytes", "cache_evicted_bytes", "Bytes evicted from the tier"),
+    ("refused", "cache_refused", "Blocks not stored: larger than the tier, or every block pinned"),
+)
+# Figures of the SSD store: (attribute, kind, metric name, help).
+_SSD_FIGURES = (
+    ("budget", "gauge", "cache_budget_bytes", "Bytes the tier is configured to hold (capacity is lower after a full disk)"),
+    ("disk_full", "counter", "cache_disk_full", "Writes that failed for want of room on the disk"),
+    ("orphans", "counter", "cache_orphan_files", "Value files no row pointed to, deleted at start"),
+)
+_WRITER_COUNTERS = (
+    ("queued", "Blocks queued for the SSD"),
+    ("written", "Blocks written to the SSD"),
+    ("dropped", "Blocks not queued because the writer was closed"),
+    ("waits", "Times a reader waited for room in the SSD queue"),
+    ("failed", "Blocks the SSD writer failed to write"),
+)
+
+
+def register_cache(registry: Registry, cache: BlockCache) -> None:
+    """The tiers' own counters (vfs/cache keeps them), read through callbacks when rendered."""
+    tiers = [("ram", cache.ram)] + ([("ssd", cache.ssd)] if cache.ssd is not None else [])
+    for field, name, help in _TIER_COUNTERS:
+        family = registry.counter(name, help, ("tier",), ("tiers", "{tier}", field))
+        for tier, store in tiers:
+            family.labels(tier).set_function(lambda store=store, field=field: getattr(store.stats, field))
+    used = registry.gauge("cache_used_bytes", "Bytes the tier holds", ("tier",), ("tiers", "{tier}", "used"))
+    capacity = registry.gauge("cache_capacity_bytes", "Bytes the tier may hold", ("tier",), ("tiers", "{tier}", "capacity"))
+    fill = registry.gauge("cache_fill_ratio", "Share of the tier's capacity in use", ("tier",), ("tiers", "{tier}", "fill"))
+    blocks = registry.gauge("cache_blocks", "Blocks the tier holds", ("tier",), ("tiers", "{tier}", "blocks"))
+    for tier, store in tiers:
+        used.labels(tier).set_function(lambda store=store: store.used)
+        capacity.labels(tier).set_function(lambda store=store: store.capacity)
+        fill.labels(tier).set_function(lambda store=store: round(store.used / store.capacity, 6) if store.capacity else 0.0)
+        blocks.labels(tier).set_function(lambda store=store: len(store))
+        registry.static(("tiers", tier, "policy"), store.policy.name or type(store.policy).__qualname__)
+    ssd, writer = cache.ssd, cache.writer
+    if ssd is None or writer is None:
+        return
+    registry.static(("tiers", "ssd", "directory"), ssd.directory)
+    registry.counter("cache_errors", "Failed reads and writes of the tier", ("tier",), ("tiers", "{tier}", "errors")
+                     ).labels("ssd").set_function(lambda: ssd.errors + cache.ssd_failures)
+    registry.counter("cache_corrupt_blocks", "Blocks found corrupt and dropped", ("tier",), ("tiers", "{tier}", "corrupt")
+                     ).labels("ssd").set_function(lambda: ssd.corrupt)
+    for field, kind, name, help in _SSD_FIGURES:
+        if hasattr(ssd, field):  # figures of the SSD store that older stores lack
+            family = (registry.counter if kind == "counter" else registry.gauge)(name, help, ("tier",), ("tiers", "{tier}", field))
+            family.labels("ssd").set_function(lambda field=field: getattr(ssd, field))
+    if hasattr(ssd, "damaged_db"):
+        registry.static(("tiers", "ssd", "damaged_db"), lambda: ssd.damaged_db)
+    for field, help in _WRITER_COUNTERS:
+        registry.counter(f"ssd_writer_{field}", help, (), ("tiers", "ssd_writer", field)).labels().set_function(
+            lambda field=field: getattr(writer.stats, field))
+    registry.gauge("ssd_writer_queued_bytes", "Bytes queued for the SSD", (), ("tiers", "ssd_writer", "queued_bytes")
+                   ).labels().set_function(lambda: writer.queued_bytes)
+    registry.static(("tiers", "ssd_writer", "write_through"), cache.write_through)

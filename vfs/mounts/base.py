@@ -3,8 +3,8 @@
 Small and mandatory: `stat`, `list_dir`, `read_range`. Paths are backend-relative, '/'-separated,
 with no leading slash; '' is the backend's root. A silo vfs can change is a `WritableBackend`
 (`write_file`, `delete`, `mkdir`, `rmdir`, `rename`, `set_mtime`); the core discovers that with
-`isinstance`, never by trying. Every call of either protocol is counted in `Backend.stats` by a
-wrapper that `__init_subclass__` puts around each implementation once, at class creation.
+`isinstance`, never by trying. Every call of either protocol is counted and timed in `Backend.stats`
+by a wrapper that `__init_subclass__` puts around each implementation once, at class creation.
 
 Rules every implementation keeps (and the conformance suite in tests/ checks):
 - errors are OSError subclasses carrying an errno (`vfs.errors.SiloError`); never match on text;
@@ -26,11 +26,13 @@ import abc
 import dataclasses
 import errno
 import functools
+import time
 from typing import Any, Callable, ClassVar, TypeVar
 
 import trio
 
 from vfs.errors import SiloError
+from vfs.metrics import Counter, Histogram, Registry
 
 T = TypeVar("T")
 
@@ -86,51 +88,104 @@ class BaseOptions:
     concurrency: int = DEFAULT_CONCURRENCY
 
 
-@dataclasses.dataclass
-class BackendStats:
-    """What a backend was asked and how it went, for `.vfs/stats`. Counted on the trio thread."""
-
-    requests: int = 0
-    """Calls of the protocol (one may cost several HTTP requests: pages, parts, retries)."""
-    errors: int = 0
-    """Calls that failed, not counting the ordinary answers ENOENT and ENOTDIR."""
-    bytes: int = 0
-    """Bytes returned by read_range."""
-    written: int = 0
-    """Bytes committed by write_file."""
-    retries: int = 0
-    """Requests the backend (or its SDK) sent again after a throttle, timeout or server error."""
-
-
 # Failures that are ordinary answers, not errors of the silo.
 _ANSWERS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY, errno.EXDEV})
 # The calls of both protocols, counted by the wrapper that Backend.__init_subclass__ installs.
 _COUNTED = ("stat", "list_dir", "read_range", "write_file", "delete", "mkdir", "rmdir", "rename", "set_mtime")
 
 
+class BackendStats:
+    """What a backend was asked and how it went: metric children of its own, bumped on the trio
+    thread, which `register` makes part of a mount's registry (label `silo`: the mount path)."""
+
+    def __init__(self) -> None:
+        self.calls = {op: Histogram() for op in _COUNTED}
+        """Calls of the protocol by how long they took (one may cost several HTTP requests: pages,
+        parts, retries)."""
+        self.failed = {op: Counter() for op in _COUNTED}
+        """Calls that failed, not counting the ordinary answers ENOENT, ENOTDIR, EEXIST..."""
+        self.read = Counter()
+        """Bytes returned by read_range."""
+        self.committed = Counter()
+        """Bytes committed by write_file."""
+        self.retried = Counter()
+        """Requests the backend (or its SDK) sent again after a throttle, timeout or server error."""
+
+    @property
+    def requests(self) -> int:
+        return sum(h.count for h in self.calls.values())
+
+    @property
+    def errors(self) -> int:
+        return sum(int(c.value) for c in self.failed.values())
+
+    @property
+    def bytes(self) -> int:
+        return int(self.read.value)
+
+    @property
+    def written(self) -> int:
+        return int(self.committed.value)
+
+    @property
+    def retries(self) -> int:
+        return int(self.retried.value)
+
+    @retries.setter
+    def retries(self, value: int) -> None:  # backends count with `stats.retries += n`
+        self.retried.value = value
+
+    def totals(self) -> dict[str, int]:
+        return {"requests": self.requests, "errors": self.errors, "bytes": self.bytes, "written": self.written,
+                "retries": self.retries}
+
+    def register(self, registry: Registry, silo: str, describe: str) -> None:
+        """Show these counters in `registry`, labelled with the mount path `silo`."""
+        registry.static(("backends", silo, "silo"), describe)
+        registry.gauge("silo_info", "The silo behind each mount (label backend), value 1",
+                       ("silo", "backend")).labels(silo, describe).set(1)
+        calls = registry.histogram("backend_request_duration_seconds", "Calls of the silo's protocol by duration",
+                                   ("silo", "operation"), stats=("backends", "{silo}", "requests"),
+                                   stats_sum=("backends", "{silo}", "seconds"))
+        failed = registry.counter("backend_errors", "Calls of the silo's protocol that failed (not ENOENT and "
+                                  "other ordinary answers)", ("silo", "operation"), ("backends", "{silo}", "errors"))
+        for op in _COUNTED:
+            calls.attach((silo, op), self.calls[op])
+            failed.attach((silo, op), self.failed[op])
+        for name, help, stats, child in (
+            ("backend_read_bytes", "Bytes read from the silo", "bytes", self.read),
+            ("backend_written_bytes", "Bytes committed to the silo", "written", self.committed),
+            ("backend_retries", "Requests sent again after a throttle, timeout or server error", "retries", self.retried),
+        ):
+            registry.counter(name, help, ("silo",), ("backends", "{silo}", stats)).attach((silo,), child)
+
+
 def _counted(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` (a protocol method) counted in its backend's `stats`, once however often subclassed."""
     if getattr(fn, "_counted", False):
         return fn
+    op = fn.__name__
 
     @functools.wraps(fn)
     async def counted(backend: "Backend", *args: Any, **kwargs: Any) -> Any:
         stats = backend.stats
-        stats.requests += 1
+        start = time.perf_counter()
         try:
             out = await fn(backend, *args, **kwargs)
         except OSError as exc:
             if exc.errno not in _ANSWERS:
-                stats.errors += 1
+                stats.failed[op].inc()
             exc.silo = backend.describe()  # type: ignore[attr-defined]  # logs are rate-limited per silo
             raise
         except Exception:
-            stats.errors += 1
+            stats.failed[op].inc()
             raise
+        finally:
+            stats.calls[op].observe(time.perf_counter() - start)
         if isinstance(out, bytes):
-            stats.bytes += len(out)
-        elif fn.__name__ == "write_file":
-            stats.written += out.size
+            stats.read.inc(len(out))
+        elif op == "write_file":
+            stats.committed.inc(out.size)
         return out
 
     counted._counted = True  # type: ignore[attr-defined]
