@@ -26,3 +26,9 @@ def test_unit_mounts_at_login_and_restarts_on_failure() -> None:
     text = UNIT.read_text()
     assert "WantedBy=default.target" in text and "Restart=on-failure" in text
     assert "vfs mount %h/vfs/%i --config %h/.config/vfs/%i.toml --foreground" in text
+
+
+def test_unit_waits_for_readiness_and_has_a_watchdog() -> None:
+    """vfs sends READY=1 once the mount answers and WATCHDOG=1 every half WatchdogSec (vfs/sd_notify.py)."""
+    lines = UNIT.read_text().splitlines()
+    assert {"Type=notify", "NotifyAccess=main", "WatchdogSec=60"} <= set(lines)

@@ -1,5 +1,6 @@
 """Running one mount: build the backends, cache, reader and namespace from a Config, mount them
-through pyfuse3, serve until SIGTERM/SIGINT (or `vfs unmount`), and unmount cleanly.
+through pyfuse3, serve until SIGTERM/SIGINT (or `vfs unmount`), and unmount cleanly. Around that:
+the Prometheus endpoint (vfs/prometheus.py) and systemd's notify protocol (vfs/sd_notify.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from vfs.mount_table import Mount, MountTable
 from vfs.mounts import backend_class
 from vfs.mounts.base import Backend, WritableBackend
 from vfs.namespace import Namespace
+from vfs.prometheus import MetricsServer
 from vfs.reader import Reader
+from vfs.sd_notify import Notifier
 from vfs.staging import StagingArea
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,10 @@ log = logging.getLogger(__name__)
 
 # Signals a running mount takes from `vfs cache clear --mount`: which tier to empty.
 CLEAR_SIGNALS = {signal.SIGUSR1: "ram", signal.SIGUSR2: "ssd"}
+# Seconds between two checks of the STATUS line sent to systemd (without a watchdog).
+STATUS_EVERY = 5.0
+# Seconds systemd is asked to wait at a stop beyond the drain of uploads (closing the SSD tier).
+STOP_MARGIN = 30.0
 
 
 class MountError(RuntimeError):
@@ -178,17 +185,77 @@ def fuse_options(config: Config) -> set[str]:
     return options
 
 
-async def _after_init(mountpoint: str, read_ahead_kb: int) -> None:
-    """Raise readahead once the kernel has processed FUSE INIT, which sets it to min(its value, what
-    INIT negotiated); a stat of the mountpoint returns only after that."""
+def status_line(ns: Namespace) -> str:
+    """One line for `systemctl status`: the silos, and the uploads waiting."""
+    silos = ", ".join(f"{m.path} <- {m.backend.describe()}" for m in sorted(ns.table.mounts, key=lambda m: m.path))
+    line = f"serving {len(ns.table.mounts)} silo(s): {silos}"
+    if ns.committer is not None:
+        line += f"; {ns.committer.pending()} upload(s) pending, {ns.committer.failing()} failing"
+    return line
+
+
+async def _after_init(ns: Namespace, mountpoint: str, read_ahead_kb: int, notifier: Notifier) -> None:
+    """Once the mount answers: raise readahead, tell systemd READY=1, then keep its STATUS line and
+    watchdog fed.
+
+    A stat of the mountpoint returns only once the kernel has processed FUSE INIT (which also sets
+    readahead to min(its value, what INIT negotiated)); it runs in a worker thread, as it waits for
+    this very trio thread to answer."""
     await trio.to_thread.run_sync(os.stat, mountpoint)
     set_read_ahead(mountpoint, read_ahead_kb)
+    if not notifier.enabled:
+        return
+    if mount_device(mountpoint) is None:
+        log.warning("%s answers but is not in /proc/self/mountinfo; READY=1 sent anyway", mountpoint)
+    status = status_line(ns)
+    notifier.ready(status)
+    while True:
+        await trio.sleep(notifier.watchdog_interval or STATUS_EVERY)
+        if notifier.watchdog_interval:
+            notifier.watchdog()
+        if status_line(ns) != status:
+            status = status_line(ns)
+            notifier.status(status)
 
 
-async def _serve(ns: Namespace, mountpoint: str, read_ahead_kb: int, drain_timeout: float) -> None:
+def metrics_addr(config: Config) -> str:
+    """Where to serve Prometheus metrics ('' : nowhere)."""
+    metrics = getattr(config, "metrics", None)
+    return (metrics.addr if metrics is not None else "") or os.environ.get("VFS_METRICS_ADDR", "")
+
+
+def serve_metrics(ns: Namespace, addr: str) -> MetricsServer | None:
+    """The Prometheus endpoint on `addr`, or None (logged) if it cannot be served; the mount goes on."""
+    if not addr:
+        return None
+    try:
+        server = MetricsServer(addr, ns.metrics, trio.lowlevel.current_trio_token())
+    except (OSError, ValueError) as exc:
+        log.error("metrics not served on %s: %s", addr, exc)
+        return None
+    ns.metrics.static(("metrics_url",), server.url)
+    log.info("metrics on %s", server.url)
+    return server
+
+
+async def _serve(ns: Namespace, mountpoint: str, read_ahead_kb: int, drain_timeout: float, metrics: str) -> None:
+    notifier = Notifier()
+    server = serve_metrics(ns, metrics)
+    try:
+        await _serve_until_unmounted(ns, mountpoint, read_ahead_kb, drain_timeout, notifier)
+    finally:
+        notifier.stopping("unmounted")
+        notifier.close()
+        if server is not None:
+            with trio.CancelScope(shield=True):  # a scrape in flight waits for this thread
+                await trio.to_thread.run_sync(server.close)
+
+
+async def _serve_until_unmounted(ns: Namespace, mountpoint: str, read_ahead_kb: int, drain_timeout: float,
+                                 notifier: Notifier) -> None:
     async with trio.open_nursery() as nursery:
         ns.start(nursery)
-        nursery.start_soon(_after_init, mountpoint, read_ahead_kb)
+        nursery.start_soon(_after_init, ns, mountpoint, read_ahead_kb, notifier)
 
         async def on_signal() -> None:
             stop = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -199,11 +266,16 @@ async def _serve(ns: Namespace, mountpoint: str, read_ahead_kb: int, drain_timeo
                         log.info("cache cleared: %s", dropped)
                         continue
                     log.info("%s: unmounting", signal.Signals(signum).name)
+                    notifier.stopping(f"{signal.Signals(signum).name}: unmounting")
                     pyfuse3.terminate()
                     return
 
         nursery.start_soon(on_signal)
         await pyfuse3.main()
+        notifier.stopping("unmounting")
+        pending = ns.committer.pending() if ns.committer is not None else 0
+        if pending:  # beyond TimeoutStopSec if need be: the SSD tier is written out after the drain too
+            notifier.extend_timeout(drain_timeout + STOP_MARGIN, f"unmounting: {pending} upload(s) to finish")
         left = await ns.drain(drain_timeout)
         if left:
             log.warning("%d file(s) not committed yet: they stay in the staging area and their commits "
@@ -224,7 +296,7 @@ def run(config: Config, mountpoint: str) -> None:
     pyfuse3.init(FuseOps(ns), mountpoint, fuse_options(config))
     log.info("mounted %s: %s", mountpoint, ", ".join(f"{m.path} <- {m.backend.describe()}" for m in ns.table.mounts))
     try:
-        trio.run(_serve, ns, mountpoint, config.fuse.read_ahead_kb, config.write.drain_timeout)
+        trio.run(_serve, ns, mountpoint, config.fuse.read_ahead_kb, config.write.drain_timeout, metrics_addr(config))
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
