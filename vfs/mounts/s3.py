@@ -15,11 +15,20 @@ Writes carry their precondition to the server: PutObject with `If-None-Match: *`
 `part_size` (grown so no file needs more than 10,000) sent `upload_concurrency` at a time, each read
 from the source at its offset (memory: parts in flight), then CompleteMultipartUpload with the same
 header; any failure aborts the upload. 412 -> ESTALE; 409 ConditionalRequestConflict (another
-conditional write racing ours) is retried a few times. Servers that ignore If-Match on
-CompleteMultipartUpload (moto does) are covered by a HEAD just before the complete; between the two a
-concurrent replacement can still be overwritten. The mtime lives in user metadata `mtime` as rclone
-writes it (seconds with up to 9 decimals, so nanoseconds survive; rclone reads ours and we read its):
-`stat` (HEAD) returns it, listings cannot (they carry LastModified, the upload time).
+conditional write racing ours) is retried a few times. A commit whose answer was lost (the server did
+it, the connection broke) meets its own object when retried (412, or NoSuchUpload for a completed
+multipart upload): on those answers a HEAD tells ours apart, by the MD5 ETag of a single PUT or by a
+token the multipart upload wrote in its user metadata (`vfs-upload`), and ours is success.
+
+Retries: botocore makes one attempt per call (its standard mode keeps a retry quota per client that
+failed calls drain, after which it silently stops retrying); `_call` retries throttling, 5xx,
+timeouts and broken connections itself, up to `max_attempts` tries with full-jitter backoff.
+
+Servers that ignore If-Match on CompleteMultipartUpload (moto does) are covered by a HEAD just before
+the complete; between the two a concurrent replacement can still be overwritten. The mtime lives in
+user metadata `mtime` as rclone writes it (seconds with up to 9 decimals, so nanoseconds survive;
+rclone reads ours and we read its): `stat` (HEAD) returns it, listings cannot (they carry
+LastModified, the upload time).
 `set_mtime` is a CopyObject of the object onto itself (MetadataDirective REPLACE, CopySourceIfMatch).
 Directories: `mkdir` writes the marker `dir/` (If-None-Match), `rmdir` deletes it when nothing else is
 below, a directory rename copies then deletes every key below it (vfs/mounts/flat.py `move_dir`,
@@ -35,9 +44,12 @@ import datetime
 import decimal
 import email.utils
 import errno
+import hashlib
 import os
+import random
+import secrets
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import boto3
 import botocore.config
@@ -51,13 +63,18 @@ from vfs.errors import SiloError, silo_error
 from vfs.mounts.base import (DEFAULT_RENAME_LIMIT, BaseOptions, ObjectMeta, WritableBackend, join, not_a_directory,
                              not_found, stale)
 from vfs.mounts.flat import Level, for_each, move_dir, stat_prefix_or_object
-from vfs.mounts.s3_curl import CurlGetter
+from vfs.mounts.s3_curl import RETRY_CODES, RETRY_STATUS, CurlGetter
 
 MIB = 1 << 20
 MIN_PART_SIZE = 5 * MIB  # S3's smallest part (all but the last)
 MAX_PARTS = 10_000  # S3's most parts in one upload
 MAX_COPY_SIZE = 5 << 30  # CopyObject's largest source
 CONFLICT_ATTEMPTS = 4  # tries of a conditional commit that meets 409 ConditionalRequestConflict
+RETRY_BASE = 0.05  # seconds: the longest wait before the first retry of a call; doubles per retry
+RETRY_CAP = 2.0  # seconds: the longest wait between two tries of a call
+# Answers to a retried commit that mean "maybe it was ours": the object is there, or the upload is done.
+AMBIGUOUS = frozenset({"PreconditionFailed", "NoSuchUpload"})
+UPLOAD_TOKEN = "vfs-upload"  # user metadata naming the multipart upload that wrote the object
 # Headers a metadata-replacing CopyObject would otherwise reset; HEAD returns each under the same name.
 KEPT_ON_COPY = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage",
                 "StorageClass", "ServerSideEncryption", "SSEKMSKeyId")
@@ -75,7 +92,7 @@ class S3Options(BaseOptions):
     anonymous: bool = False
     addressing_style: str = "auto"
     page_size: int = 1000  # ListObjectsV2's maximum
-    max_attempts: int = 5  # boto3 "standard" retry mode: throttling, 5xx and connection errors
+    max_attempts: int = 5  # tries of one call: throttling, 5xx, timeouts and connection errors are retried
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     part_size: int = 8 * MIB  # files up to this go up in one PUT; larger ones in parts this big (at least)
@@ -108,6 +125,15 @@ def mtime_from_text(text: str) -> int | None:
     return int(value.scaleb(9).to_integral_value()) if value.is_finite() else None
 
 
+def md5_of(path: str) -> str:
+    """The hex MD5 of a file's bytes."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(MIB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def error_code(exc: BaseException) -> str | None:
     """The S3 error code behind an OSError that `_call` translated (None if there was none)."""
     cause = exc.__cause__
@@ -117,11 +143,14 @@ def error_code(exc: BaseException) -> str | None:
 
 
 def translate(exc: Exception, what: str) -> OSError:
-    """Turn a boto3/botocore exception into an OSError with an errno (the S3 edge)."""
+    """Turn a boto3/botocore exception into an OSError with an errno (the S3 edge); `retryable`
+    where another try may succeed."""
     if isinstance(exc, botocore.exceptions.ClientError):
-        err = exc.response.get("Error", {})
+        code = exc.response.get("Error", {}).get("Code")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return silo_error(err.get("Code"), status, what)
+        error = silo_error(code, status, what)
+        error.retryable = error.retryable or status in RETRY_STATUS or code in RETRY_CODES
+        return error
     if isinstance(exc, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError)):
         return SiloError(errno.EACCES, f"{what}: no usable AWS credentials ({exc})")
     if isinstance(exc, botocore.exceptions.ProfileNotFound):
@@ -156,7 +185,8 @@ class S3Backend(WritableBackend):
             region_name=options.region,
         )
         config = botocore.config.Config(
-            retries={"mode": "standard", "max_attempts": options.max_attempts},
+            # One attempt per call (botocore reads "max_attempts" here as retries): `_call` retries, with no quota.
+            retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=options.concurrency,
             connect_timeout=options.connect_timeout,
             read_timeout=options.read_timeout,
@@ -203,6 +233,7 @@ class S3Backend(WritableBackend):
         return f"{self.describe()}/{path}"
 
     async def _call(self, op: Callable[..., dict], what: str, read_body: bool = False, **kwargs: Any) -> dict:
+        """`op` in a worker thread, tried up to `max_attempts` times while its error is retryable."""
         def call() -> dict:
             resp = op(Bucket=self.o.bucket, **kwargs)
             if read_body:  # the GET and its body in one trip to a worker thread (~40 us each)
@@ -210,14 +241,17 @@ class S3Backend(WritableBackend):
                     resp["Body"] = body.read()
             return resp
 
-        try:
-            resp = await self.run_sync(call)
-        except Exception as exc:  # translated once, here
-            if isinstance(exc, botocore.exceptions.ClientError):
-                self.stats.retries += exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
-            raise translate(exc, f"{self.describe()}/{what}" if what else self.describe()) from exc
-        self.stats.retries += resp.get("ResponseMetadata", {}).get("RetryAttempts", 0)
-        return resp
+        attempts = max(1, self.o.max_attempts)
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.run_sync(call)
+            except Exception as exc:  # translated once, here
+                error = translate(exc, f"{self.describe()}/{what}" if what else self.describe())
+                if attempt == attempts or not getattr(error, "retryable", False):
+                    raise error from exc
+            self.stats.retries += 1
+            await trio.sleep(random.uniform(0, min(RETRY_CAP, RETRY_BASE * 2**attempt)))  # full jitter
+        raise AssertionError("unreachable")
 
     def _meta(self, path: str, obj: dict) -> ObjectMeta:
         """Metadata from a listing entry or a HEAD; HEAD's `mtime` user metadata wins over LastModified."""
@@ -304,14 +338,20 @@ class S3Backend(WritableBackend):
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
         return out[:n]
 
-    async def _commit(self, op: Callable[..., dict], path: str, expected: str | None, **kwargs: Any) -> dict:
+    async def _commit(self, op: Callable[..., dict], path: str, expected: str | None,
+                      ours: Callable[[dict], Awaitable[bool]], **kwargs: Any) -> dict:
         """A conditional write: retried on 409 ConditionalRequestConflict; ESTALE when the version
-        `expected` is gone (412, or 404 for a key deleted since)."""
+        `expected` is gone (412, or 404 for a key deleted since), unless what is there now is `ours`
+        (a HEAD's answer; a try whose answer was lost did the write)."""
         for attempt in range(CONFLICT_ATTEMPTS):
             try:
                 return await self._call(op, path, **kwargs)
             except OSError as exc:
                 code = error_code(exc)
+                if code in AMBIGUOUS:
+                    found = await self._head_raw(path)
+                    if found is not None and await ours(found):
+                        return found
                 if code == "ConditionalRequestConflict":
                     if attempt + 1 < CONFLICT_ATTEMPTS:
                         self.stats.retries += 1
@@ -346,7 +386,10 @@ class S3Backend(WritableBackend):
                 with open(source, "rb") as f:
                     return self.client.put_object(Body=f.read(), **kwargs)
 
-            resp = await self._commit(put, path, expected, Key=self._key(path), Metadata=meta, **cond)
+            async def same_bytes(found: dict) -> bool:  # a single PUT's ETag is the MD5 of its bytes
+                return found.get("ETag", "").strip('"') == await self.run_sync(md5_of, source)
+
+            resp = await self._commit(put, path, expected, same_bytes, Key=self._key(path), Metadata=meta, **cond)
         else:
             resp = await self._multipart(path, source, size, expected, meta, cond)
         return ObjectMeta(path, False, size, mtime, resp["ETag"])
@@ -355,7 +398,13 @@ class S3Backend(WritableBackend):
                          meta: dict[str, str], cond: dict[str, str]) -> dict:
         await self._check_version(path, expected)  # before sending gigabytes for nothing
         key, part = self._key(path), self._part_size(size)
-        created = await self._call(self.client.create_multipart_upload, path, Key=key, Metadata=meta, **self.checksum)
+        token = secrets.token_hex(12)
+
+        async def same_upload(found: dict) -> bool:
+            return found.get("Metadata", {}).get(UPLOAD_TOKEN) == token
+
+        created = await self._call(self.client.create_multipart_upload, path, Key=key,
+                                   Metadata={**meta, UPLOAD_TOKEN: token}, **self.checksum)
         upload = created["UploadId"]
         try:
             parts: dict[int, dict] = {}
@@ -378,7 +427,8 @@ class S3Backend(WritableBackend):
                 os.close(fd)
             if expected is not None:  # moto ignores If-Match on the complete; S3 honours it
                 await self._check_version(path, expected)
-            return await self._commit(self.client.complete_multipart_upload, path, expected, Key=key, UploadId=upload,
+            return await self._commit(self.client.complete_multipart_upload, path, expected, same_upload,
+                                      Key=key, UploadId=upload,
                                       MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]}, **cond)
         except BaseException:
             with trio.CancelScope(shield=True), contextlib.suppress(OSError):

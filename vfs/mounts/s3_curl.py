@@ -24,8 +24,9 @@ import pycurl
 
 from vfs.errors import SiloError, silo_error
 
-_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-_RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"})
+# Answers worth another try (the boto3 calls of vfs/mounts/s3.py use them too).
+RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRY_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"})
 # libcurl errors worth another attempt: resolve/connect failures, timeouts, resets, truncated bodies.
 _RETRY_CURL = frozenset({pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_COULDNT_CONNECT, pycurl.E_OPERATION_TIMEDOUT,
                          pycurl.E_GOT_NOTHING, pycurl.E_SEND_ERROR, pycurl.E_RECV_ERROR, pycurl.E_PARTIAL_FILE,
@@ -121,7 +122,7 @@ class CurlGetter:
                 found = _CODE.search(body)
                 code_name = found.group(1).decode() if found else None
                 error = silo_error(code_name, status, what)
-                error.retryable = status in _RETRY_STATUS or code_name in _RETRY_CODES
+                error.retryable = status in RETRY_STATUS or code_name in RETRY_CODES
             if not error.retryable or attempt == self.max_attempts:
                 raise error
             time.sleep(random.uniform(0, min(20.0, 0.05 * 2 ** attempt)))  # full-jitter backoff
