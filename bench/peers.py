@@ -6,8 +6,9 @@
   holds every chunk `delay_ms` in each direction before passing it on: a cloud-like round trip
   without netem, which this kernel lacks (DESIGN.md, "Latency"). Delays overlap: it adds latency,
   not a bandwidth cap.
-- `rclone_mount(...)`: `rclone mount --vfs-cache-mode full` of a bucket, in the background, waited
-  for until the kernel shows it, and unmounted (SIGTERM, then `fusermount3 -u -z`) on exit.
+- `rclone_mount(...)`: `rclone mount --vfs-cache-mode full` of a bucket (read-only; or another cache
+  mode, writable), in the background, waited for until the kernel shows it, and unmounted (SIGTERM,
+  then `fusermount3 -u -z`) on exit.
 
 Every child is ended by its pid in a finally block; every wait is bounded.
 
@@ -129,8 +130,10 @@ class RcloneMount:
 
 @contextlib.contextmanager
 def rclone_mount(s3: S3Server, bucket: str, mountpoint: Path, cache_dir: Path, log_dir: Path,
-                 cache_max_size: str = "10G", extra: tuple[str, ...] = ()) -> Iterator[RcloneMount]:
-    """`rclone mount --vfs-cache-mode full` of `bucket`, read-only, with its cache in `cache_dir`.
+                 cache_max_size: str = "10G", extra: tuple[str, ...] = (), cache_mode: str = "full",
+                 read_only: bool = True) -> Iterator[RcloneMount]:
+    """`rclone mount --vfs-cache-mode full` of `bucket`, read-only, with its cache in `cache_dir`
+    (`cache_mode` and `read_only` change both: the write benchmarks mount `writes`, writable).
 
     Otherwise rclone's defaults (128 MiB read chunks, 1 s attribute timeout, 5 min directory cache).
     """
@@ -138,8 +141,8 @@ def rclone_mount(s3: S3Server, bucket: str, mountpoint: Path, cache_dir: Path, l
     cache_dir.mkdir(parents=True, exist_ok=True)
     logf = log_dir / f"rclone-mount-{mountpoint.name}.log"
     argv = [rclone_binary(), "mount", f"BENCH:{bucket}", str(mountpoint), "--config", "/dev/null",
-            "--vfs-cache-mode", "full", "--cache-dir", str(cache_dir), "--vfs-cache-max-size", cache_max_size,
-            "--read-only", "--log-level", "ERROR", *extra]
+            "--vfs-cache-mode", cache_mode, "--cache-dir", str(cache_dir), "--vfs-cache-max-size", cache_max_size,
+            *(["--read-only"] if read_only else []), "--log-level", "ERROR", *extra]
     with open(logf, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, **client_env(), **s3.rclone_env()}, start_new_session=True)
