@@ -44,12 +44,13 @@ class Notifier:
         return self.address is not None
 
     def send(self, *lines: str) -> bool:
-        """One datagram of `lines`; False (logged at debug) if there is no socket or it failed."""
+        """One datagram of `lines`; False (logged at debug) if there is no socket, or it failed or
+        would have waited (the receiver's queue is full)."""
         if self.address is None:
             return False
         try:
-            if self._socket is None:
-                self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            if self._socket is None:  # non-blocking: a full queue must never stall the trio thread
+                self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
             self._socket.sendto("\n".join(lines).encode(), self.address)
         except OSError as exc:
             log.debug("sd_notify %s: %s", lines, exc)
