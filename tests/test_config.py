@@ -111,7 +111,7 @@ def test_load_reads_a_toml_file(tmp_path: Path) -> None:
     (with_mount(cache={"ram_size": "12 parsecs"}), "cache.ram_size", "unknown size unit"),
     (with_mount(cache={"ssd_size": -1}), "cache.ssd_size", "negative"),
     (with_mount(cache={"block_size": "0.5B"}), "cache.block_size", "whole number of bytes"),
-    (with_mount(cache={"block_size": "1KiB"}), "cache.block_size", "at least 4KiB"),
+    (with_mount(cache={"block_size": "1KiB"}), "cache.block_size", "between 4KiB and 1GiB"),
     (with_mount(cache={"ram_policy": "mru"}), "cache.ram_policy", "unknown eviction policy 'mru'"),
     (with_mount(cache={"ssd_policy": "nosuch.module:Cls"}), "cache.ssd_policy", "cannot load eviction policy"),
     ({"mount": [dict(MEM), {"path": "/n", "backend": "memory"}, {"path": "/m/", "backend": "memory"}]},
@@ -304,3 +304,42 @@ def test_silo_error_carries_errno_message_and_retryable() -> None:
 ])
 def test_errno_of(exc: BaseException, err: int) -> None:
     assert errno_of(exc) == err
+
+
+# --- keys other parts read: [metrics] addr, [metadata] offline ------------------------------------
+
+def test_metrics_and_offline_defaults_and_values() -> None:
+    c = parse(with_mount(), SRC)
+    assert c.metrics.addr == "" and c.metadata.offline == "auto"
+    c = parse(with_mount(metrics={"addr": "127.0.0.1:9567"}, metadata={"offline": "never"}), SRC)
+    assert c.metrics.addr == "127.0.0.1:9567" and c.metadata.offline == "never"
+    for addr in (":0", "[::1]:9567", "localhost:80"):
+        assert parse(with_mount(metrics={"addr": addr}), SRC).metrics.addr == addr
+
+
+@pytest.mark.parametrize("addr", ["9567", "host:", "host:x", "[::1:9567", "1.2.3.4:65536", "a b:1", "h:-1"])
+def test_metrics_addr_must_be_host_and_port(addr: str) -> None:
+    assert "metrics.addr: expected" in error_of(with_mount(metrics={"addr": addr}))
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("ttl", float("nan"), "finite"), ("ttl", float("inf"), "finite"), ("ttl", -5, "got -5"),
+    ("concurrency", 0, "between 1 and 1024"), ("concurrency", 2**70, "between 1 and 1024"),
+])
+def test_numbers_out_of_range(key: str, value: Any, problem: str) -> None:
+    assert problem in error_of({"mount": [{**MEM, key: value}]})
+
+
+def test_a_secret_is_never_shown() -> None:
+    message = error_of({"mount": [{"path": "/s3", "backend": "s3", "bucket": "b", "secret_access_key": 12345678}]})
+    assert "secret_access_key" in message and "12345678" not in message and "hidden" in message
+
+
+@pytest.mark.parametrize("arg, problem", [
+    ("ftp://h/x", "unknown scheme 'ftp'"), ("=/x", "no source"), ("s3://k:s3cr3t@b", "credentials do not belong"),
+])
+def test_bad_one_liners(arg: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_sources([arg])
+    assert str(info.value).startswith("command line: ") and problem in str(info.value)
+    assert "s3cr3t" not in str(info.value)

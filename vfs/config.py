@@ -12,6 +12,11 @@
     [metadata]
     ttl = 60                     # seconds listings/attributes are trusted (kernel timeouts too)
     negative_ttl = 5             # seconds a "no such file" is trusted
+    offline = "auto"             # auto: serve what is cached while a silo is unreachable; never
+
+    [metrics]
+    addr = ""                    # Prometheus metrics at HOST:PORT ("127.0.0.1:9567", "[::1]:9567",
+                                 # ":9567"); "" serves none (also `vfs mount --metrics-addr`)
 
     [fuse]
     allow_other = false
@@ -34,16 +39,22 @@
     bucket = "my-bucket"         # ...and that backend's own options
     ttl = 600                    # optional per-mount override of [metadata]
 
-A bad file is reported as one line naming the file, the key and what is wrong (ConfigError).
+A bad file is reported as one line naming the file, the key and what is wrong (ConfigError); the
+value is shown unless the key holds a secret. Numbers are checked against the ranges in `_LIMITS`
+(NaN, infinities, negative and absurd values refused), strings for NUL characters, buckets, URLs and
+addresses for their form; what needs the filesystem or the network is vfs/preflight.py's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import posixpath
+import re
 import tomllib
+import urllib.parse
 import types
 import typing
 from pathlib import Path
@@ -51,7 +62,7 @@ from typing import Any
 
 from vfs.mounts import BACKENDS, URL_SCHEMES, backend_class
 from vfs.mounts.base import BaseOptions
-from vfs.units import parse_size
+from vfs.units import format_size, parse_size
 
 
 class ConfigError(ValueError):
@@ -80,6 +91,17 @@ class CacheConfig:
 class MetadataConfig:
     ttl: float = 60.0
     negative_ttl: float = 5.0
+    offline: str = "auto"
+    """auto: while a silo cannot be reached, serve what is cached; never: every call goes to the silo."""
+
+
+OFFLINE_MODES = ("auto", "never")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+    addr: str = ""
+    """Where Prometheus metrics are served, HOST:PORT ('[::1]:9567', ':9567' is 127.0.0.1); '' : off."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,51 +161,141 @@ class Config:
     metadata: MetadataConfig = MetadataConfig()
     fuse: FuseConfig = FuseConfig()
     write: WriteConfig = WriteConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 _SIZE_KEYS = {"block_size", "ram_size", "ssd_size", "prefetch_window", "prefetch_memory", "staging_size", "part_size",
-              "chunk_size"}
+              "chunk_size", "export_cache_bytes"}
+# Keys whose values never appear in a message (a typo must not print a credential to a terminal or a log).
+SECRET_KEYS = frozenset({"secret_access_key", "access_key_id", "session_token", "password", "token", "credentials"})
+_SECONDS = 1e9  # ~31 years: beyond it a time is a typo, and some consumers (kernel timeouts) overflow
+_TIMEOUT = 86400.0  # one call waiting longer than a day is a typo; libnfs takes milliseconds in an int
+_COUNT = 10**9
+_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+# key -> (lowest, highest), both allowed; a number not listed must be finite, 0 or more and below 2**63.
+_LIMITS: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(("ttl", "negative_ttl", "write_back_delay", "drain_timeout", "retry_base_delay",
+                     "retry_max_delay", "dir_cache_ttl"), (0.0, _SECONDS)),
+    **dict.fromkeys(("connect_timeout", "read_timeout", "retry_timeout", "timeout"), (0.001, _TIMEOUT)),
+    "concurrency": (1, 1024), "upload_concurrency": (1, 1024), "page_size": (1, 1000), "max_attempts": (1, 100),
+    "max_retries": (0, 100), "rename_limit": (0, _COUNT), "read_ahead_kb": (0, 1 << 20),
+    "dir_cache_size": (0, _COUNT), "file_cache_size": (0, _COUNT),
+    "block_size": (4096, 1 << 30), "ram_size": (0, _MEMORY), "prefetch_memory": (0, _MEMORY),
+    "prefetch_window": (0, 1 << 40), "part_size": (0, 5 << 30), "chunk_size": (0, 5 << 30),
+}
+_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}|arn:[\x21-\x7e]{1,1000}")
+_URL_KEYS = {"endpoint_url", "endpoint", "root_url", "token_uri"}
+_CHOICES: dict[str, tuple[str, ...]] = {"addressing_style": ("auto", "virtual", "path"), "offline": OFFLINE_MODES,
+                                        "mode": WRITE_MODES, "write_mode": WRITE_MODES}
+
+
+def shown(key: str, value: Any) -> str:
+    """`value` as a message may show it: hidden for a secret, cut short when long."""
+    if key in SECRET_KEYS:
+        return "(value hidden)"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     if key in _SIZE_KEYS:
-        return parse_size(value)
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise ValueError(str(exc) if key not in SECRET_KEYS else "not a size") from None
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
         hint = args[0]
     origin = typing.get_origin(hint) or hint
+    got = f"got {shown(key, value)}"
     if origin is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"expected true or false, got {value!r}")
+            raise ValueError(f"expected true or false, {got}")
     elif origin is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected a whole number, got {value!r}")
+            raise ValueError(f"expected a whole number, {got}")
     elif origin is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"expected a number, got {value!r}")
+            raise ValueError(f"expected a number, {got}")
         value = float(value)
     elif origin is str:
         if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {value!r}")
+            raise ValueError(f"expected a string, {got}")
     elif origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"expected a table, got {value!r}")
+            raise ValueError(f"expected a table, {got}")
     elif origin is tuple or origin is list:
         if not isinstance(value, list):
-            raise ValueError(f"expected a list, got {value!r}")
+            raise ValueError(f"expected a list, {got}")
         value = tuple(value)
     return value
 
 
-def _build(cls: type, table: dict[str, Any], where: str, ignore: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+def _check_number(key: str, value: float) -> None:
+    lo, hi = _LIMITS.get(key, (0, 2**63 - 1))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value}")
+    if lo <= value <= hi:
+        return
+    if key in _SIZE_KEYS:
+        if key in ("ram_size", "prefetch_memory") and value > hi:
+            raise ValueError(f"{format_size(int(value))} is more than this machine's memory ({format_size(int(hi))})")
+        raise ValueError(f"must be between {format_size(int(lo))} and {format_size(int(hi))}, got {format_size(int(value))}")
+    bounds = f"{lo:g} or more" if hi >= 2**63 - 1 else f"between {lo:g} and {hi:g}"
+    raise ValueError(f"must be {bounds}, got {value:g}" if isinstance(value, float) else f"must be {bounds}, got {value}")
+
+
+def check_addr(addr: str) -> None:
+    """ValueError unless `addr` is '' or HOST:PORT (`127.0.0.1:9567`, `[::1]:9567`, `:9567`)."""
+    if not addr:
+        return
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9567, got {addr!r}")
+    if host.startswith("["):
+        if not host.endswith("]") or ":" not in host:
+            raise ValueError(f"expected [IPv6]:PORT such as [::1]:9567, got {addr!r}")
+    elif not re.fullmatch(r"[A-Za-z0-9.-]*", host):
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9567 (an IPv6 host in brackets), got {addr!r}")
+
+
+def _check_string(key: str, value: str) -> None:
+    if "\0" in value:
+        raise ValueError("contains a NUL character")
+    if key == "bucket":
+        if not value:
+            raise ValueError("required, got an empty name")
+        if not _BUCKET.fullmatch(value):
+            raise ValueError(f"not a bucket name (letters, digits, '.', '-', '_'; at most 255): {value!r}")
+    elif key in _URL_KEYS and value:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"[\s\x00-\x1f]", value):
+            raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+    elif key in _CHOICES and value not in _CHOICES[key]:
+        raise ValueError(f"{value!r} is not one of {', '.join(_CHOICES[key])}")
+    elif key == "addr":
+        check_addr(value)
+
+
+def _check(key: str, value: Any) -> None:
+    """ValueError naming the problem if `value` (already of the field's type) is out of range or form."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        _check_number(key, value)
+    elif isinstance(value, str):
+        _check_string(key, value)
+
+
+def _build(cls: type, table: Any, where: str, ignore: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
     """An instance of dataclass `cls` from a TOML table; ConfigError naming the key otherwise."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {shown(where, table)}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     for key in table:
         if key not in fields and key not in ignore:
             close = difflib.get_close_matches(key, list(fields) + list(ignore), 1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(sorted(set(fields) | ignore))})"
-            raise ConfigError(f"{where}.{key}: unknown key{hint}")
+            raise ConfigError(f"{where}.{shown('', key)[1:-1]}: unknown key{hint}")
     kwargs = {}
     for name, f in fields.items():
         if name not in table:
@@ -192,17 +304,25 @@ def _build(cls: type, table: dict[str, Any], where: str, ignore: set[str] = froz
             continue
         try:
             kwargs[name] = _coerce(table[name], hints[name], name)
+            _check(name, kwargs[name])
         except ValueError as exc:
             raise ConfigError(f"{where}.{name}: {exc}") from None
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # an Options class's own check: "key: problem"
+        raise ConfigError(f"{where}.{exc}") from None
 
 
 def _mount_path(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
-        raise ConfigError(f"{where}.path: must be an absolute path in the tree such as '/s3', got {value!r}")
+        raise ConfigError(f"{where}.path: must be an absolute path in the tree such as '/s3', got {shown('path', value)}")
+    if re.search(r"[\x00-\x1f\x7f]", value):
+        raise ConfigError(f"{where}.path: control characters are not allowed in a mount path, got {value!r}")
     path = "/" + posixpath.normpath(value).lstrip("/")
     if any(part in (".", "..") for part in value.split("/")):
         raise ConfigError(f"{where}.path: '.' and '..' are not allowed, got {value!r}")
+    if any(len(part.encode()) > 255 for part in path.split("/")):
+        raise ConfigError(f"{where}.path: a name in the path is longer than 255 bytes")
     if path == "/.vfs" or path.startswith("/.vfs/"):
         raise ConfigError(f"{where}.path: /.vfs is reserved for vfs's own files")
     return path
@@ -214,8 +334,8 @@ def _mount(entry: Any, where: str) -> MountConfig:
     path = _mount_path(entry.get("path"), where)
     where = f"{where} ({path})"
     backend = entry.get("backend")
-    if backend not in BACKENDS:
-        raise ConfigError(f"{where}.backend: {backend!r} is not one of {', '.join(sorted(BACKENDS))}")
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ConfigError(f"{where}.backend: {shown('backend', backend)} is not one of {', '.join(sorted(BACKENDS))}")
     try:
         cls = backend_class(backend)
     except ModuleNotFoundError as exc:
@@ -227,21 +347,20 @@ def _mount(entry: Any, where: str) -> MountConfig:
     options = _build(cls.Options, {k: v for k, v in entry.items() if k not in ("path", "backend", *common)},
                      where, ignore={"path", "backend", "ttl", "negative_ttl", "write_mode"})
     timeouts = _build(_Timeouts, common, where)
-    if timeouts.write_mode is not None and timeouts.write_mode not in WRITE_MODES:
-        raise ConfigError(f"{where}.write_mode: {timeouts.write_mode!r} is not one of {', '.join(WRITE_MODES)}")
     return MountConfig(path, backend, options, timeouts.ttl, timeouts.negative_ttl, timeouts.write_mode)
+
+
+_TABLES = ["cache", "metadata", "fuse", "write", "metrics", "mount"]
 
 
 def parse(data: dict[str, Any], source: str) -> Config:
     """A Config from parsed TOML; `source` names the file in errors."""
     try:
         for key in data:
-            if key not in ("cache", "metadata", "fuse", "write", "mount"):
-                close = difflib.get_close_matches(key, ["cache", "metadata", "fuse", "write", "mount"], 1)
-                raise ConfigError(f"{key}: unknown table" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            if key not in _TABLES:
+                close = difflib.get_close_matches(key, _TABLES, 1)
+                raise ConfigError(f"{shown('', key)[1:-1]}: unknown table" + (f" (did you mean {close[0]!r}?)" if close else ""))
         cache = _build(CacheConfig, data.get("cache", {}), "cache")
-        if cache.block_size < 4096:
-            raise ConfigError("cache.block_size: must be at least 4KiB")
         from vfs.cache.policy import policy_class  # the policy registry, checked before mounting
         for key in ("ram_policy", "ssd_policy"):
             try:
@@ -251,15 +370,11 @@ def parse(data: dict[str, Any], source: str) -> Config:
         metadata = _build(MetadataConfig, data.get("metadata", {}), "metadata")
         fuse = _build(FuseConfig, data.get("fuse", {}), "fuse")
         write = _build(WriteConfig, data.get("write", {}), "write")
-        if write.mode not in WRITE_MODES:
-            raise ConfigError(f"write.mode: {write.mode!r} is not one of {', '.join(WRITE_MODES)}")
-        for key in ("write_back_delay", "drain_timeout"):
-            if not 0 <= getattr(write, key) < 1e9:
-                raise ConfigError(f"write.{key}: must be a number of seconds, 0 or more")
-        if write.rename_limit < 0:
-            raise ConfigError("write.rename_limit: must be 0 or more")
+        metrics = _build(MetricsConfig, data.get("metrics", {}), "metrics")
         entries = data.get("mount", [])
-        if not isinstance(entries, list) or not entries:
+        if not isinstance(entries, list):
+            raise ConfigError("mount: expected [[mount]] entries (an array of tables), not a single [mount] table")
+        if not entries:
             raise ConfigError("mount: at least one [[mount]] entry is required")
         mounts = [_mount(e, f"mount #{i + 1}") for i, e in enumerate(entries)]
         seen: dict[str, int] = {}
@@ -267,7 +382,7 @@ def parse(data: dict[str, Any], source: str) -> Config:
             if m.path in seen:
                 raise ConfigError(f"mount #{i + 1}.path: {m.path} is already used by mount #{seen[m.path] + 1}")
             seen[m.path] = i
-        return Config(source, tuple(mounts), cache, metadata, fuse, write)
+        return Config(source, tuple(mounts), cache, metadata, fuse, write, metrics)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
@@ -281,6 +396,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
 
 
 def load(path: str | Path) -> Config:
@@ -288,28 +407,46 @@ def load(path: str | Path) -> Config:
     return parse(read_toml(path), str(path))
 
 
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
+
+
 def source_entry(arg: str) -> dict[str, Any]:
-    """A `[[mount]]` entry from a one-liner `SOURCE[=/path]` such as `s3://bucket/prefix=/s3`."""
+    """A `[[mount]]` entry from a one-liner `SOURCE[=/path]` such as `s3://bucket/prefix=/s3`;
+    ValueError naming the source if it cannot be one."""
     source, sep, path = arg.rpartition("=")
     if not sep or not path.startswith("/"):
         source, path = arg, ""
-    scheme, colon, _ = source.partition("://")
-    if colon and scheme in URL_SCHEMES:
-        backend = URL_SCHEMES[scheme]
-        options = backend_class(backend).options_from_url(source)
-        default = "/" + (options.get("bucket") or source.split("://", 1)[1].strip("/").split("/")[0] or backend)
-    else:
-        backend, options = "local", {"root": source}
+    if not source:
+        raise ValueError(f"{arg!r}: no source before '=' (write e.g. s3://bucket=/s3 or ~/data=/data)")
+    url = _URL.fullmatch(source)
+    if url is None:
+        options: dict[str, Any] = {"root": source}
+        default = "/" + (os.path.basename(os.path.abspath(os.path.expanduser(source))) or "root")
+        return {"path": path or default, "backend": "local", **options}
+    scheme, rest = url.groups()
+    if scheme not in URL_SCHEMES:
+        raise ValueError(f"{scheme}://...: unknown scheme {scheme!r} (known: {', '.join(sorted(URL_SCHEMES))}; "
+                         "a local directory needs no scheme)")
+    if "@" in rest.partition("/")[0]:
+        raise ValueError(f"{scheme}://(hidden)@...: credentials do not belong in a URL (use the silo's own "
+                         "credentials chain or a config file)")
+    backend = URL_SCHEMES[scheme]
+    options = backend_class(backend).options_from_url(source)
     if backend == "local":
         default = "/" + (os.path.basename(os.path.abspath(os.path.expanduser(options["root"]))) or "root")
+    else:
+        name = options.get("bucket") or rest.strip("/").split("/")[0]
+        default = "/" + (name if _BUCKET.fullmatch(name or "") else backend)
     return {"path": path or default, "backend": backend, **options}
 
 
-def from_sources(sources: list[str], base: dict[str, Any] | None = None) -> Config:
-    """A Config from one-liner sources (plus any tables of a base config)."""
+def from_sources(sources: list[str], base: dict[str, Any] | None = None, source: str = "command line") -> Config:
+    """A Config from one-liner sources (plus any tables of a base config); `source` names it in errors."""
     data = dict(base or {})
     try:
-        data["mount"] = list(data.get("mount", [])) + [source_entry(s) for s in sources]
-    except (ValueError, KeyError) as exc:
-        raise ConfigError(f"command line: {exc}") from None
-    return parse(data, "command line")
+        added = [source_entry(s) for s in sources]
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    entries = data.get("mount", [])
+    data["mount"] = entries + added if isinstance(entries, list) else entries  # else parse names the problem
+    return parse(data, source)

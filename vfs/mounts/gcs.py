@@ -118,6 +118,13 @@ class GCSOptions(BaseOptions):
     chunk_size: int = 8 * 1024 * 1024
     """Bytes per request of a resumable upload (files over 8 MiB); a multiple of 256 KiB."""
 
+    def __post_init__(self) -> None:
+        """ValueError `key: problem` for options no GCS client could use."""
+        if not self.bucket:
+            raise ValueError("bucket: required")
+        if self.chunk_size <= 0 or self.chunk_size % MIN_CHUNK:
+            raise ValueError(f"chunk_size: must be a positive multiple of 256KiB, got {self.chunk_size}")
+
 
 def _reason(exc: google.api_core.exceptions.GoogleAPICallError) -> str | None:
     """The GCS error reason (`notFound`, `conditionNotMet`...) of an API error, if it carries one."""
@@ -181,10 +188,6 @@ class GCSBackend(WritableBackend):
     Options = GCSOptions
 
     def __init__(self, options: GCSOptions) -> None:
-        if not options.bucket:
-            raise ValueError("bucket: required")
-        if options.chunk_size <= 0 or options.chunk_size % MIN_CHUNK:
-            raise ValueError(f"chunk_size: a positive multiple of {MIN_CHUNK}")
         super().__init__(options)
         self.o = options
         self.prefix = options.prefix.strip("/")
@@ -359,6 +362,10 @@ class GCSBackend(WritableBackend):
             if exc.errno == errno.ENOENT:
                 return None
             raise
+
+    async def probe(self) -> None:
+        """One list of at most 1 key under the prefix: the bucket exists and the credentials work."""
+        await self._call(self._keys, "", self._key("") + "/" if self.prefix else "", 1)
 
     async def stat(self, path: str) -> ObjectMeta:
         return await self._find(path)

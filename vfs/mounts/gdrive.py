@@ -198,6 +198,17 @@ class DriveOptions(BaseOptions):
     """Bytes per request of a resumable upload (a multiple of 256 KiB); a file up to this size goes up
     in one multipart request. Each chunk is read from the source file when it is sent."""
 
+    def __post_init__(self) -> None:
+        """ValueError `key: problem` for options Drive could not use."""
+        if self.chunk_size <= 0 or self.chunk_size % UPLOAD_QUANTUM:
+            raise ValueError(f"chunk_size: must be a positive multiple of 256KiB, got {self.chunk_size}")
+        for kind, ext in self.export_formats.items():
+            if not isinstance(ext, str):
+                raise ValueError(f"export_formats.{kind}: expected an extension such as \"pdf\", got {ext!r}")
+            ext = ext.lstrip(".").lower()
+            if ext and ext not in EXPORT_MIME_BY_EXT:
+                raise ValueError(f"export_formats.{kind}: unknown extension {ext!r} (known: {', '.join(EXPORT_MIME_BY_EXT)})")
+
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
@@ -368,8 +379,6 @@ class DriveBackend(WritableBackend):
     atomic_dir_rename = True  # a move is one files.update of the folder's parents
 
     def __init__(self, options: DriveOptions) -> None:
-        if options.chunk_size <= 0 or options.chunk_size % UPLOAD_QUANTUM:
-            raise ValueError(f"chunk_size must be a positive multiple of 256 KiB, not {options.chunk_size}")
         super().__init__(options)
         self.o = options
         formats = {**DEFAULT_EXPORT_FORMATS, **options.export_formats}
@@ -379,8 +388,6 @@ class DriveBackend(WritableBackend):
             ext = ext.lstrip(".").lower()
             if not ext:
                 continue
-            if ext not in EXPORT_MIME_BY_EXT:
-                raise ValueError(f"export_formats.{kind}: unknown extension {ext!r} (known: {', '.join(EXPORT_MIME_BY_EXT)})")
             self.exports[mime] = (ext, EXPORT_MIME_BY_EXT[ext])
         self.credentials = options.credentials or load_credentials(
             token_file=options.token_file, credentials_file=options.credentials_file, subject=options.subject,
@@ -671,6 +678,12 @@ class DriveBackend(WritableBackend):
         return ObjectMeta(path, False, size, mtime, entry.version)
 
     # --- the Backend protocol ---------------------------------------------------------------------
+
+    async def probe(self) -> None:
+        """One files.get of the root folder: it exists, is a folder, and the credentials may read it."""
+        item = await self._get(self.root_id, "id,mimeType,trashed", "")
+        if item.get("mimeType") != FOLDER or item.get("trashed"):
+            raise not_a_directory(f"{self.describe()}: not a folder")
 
     async def stat(self, path: str) -> ObjectMeta:
         if path == "":

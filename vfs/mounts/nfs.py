@@ -448,6 +448,16 @@ class NFSOptions(BaseOptions):
     timeout: float = 30.0
     """Seconds before one NFS call gives up (libnfs nfs_set_timeout)."""
 
+    def __post_init__(self) -> None:
+        """ValueError `url: problem` for a URL libnfs could not mount."""
+        parts = urlsplit(self.url)
+        if parts.scheme != "nfs" or not parts.hostname or any(c.isspace() or ord(c) < 32 for c in self.url):
+            raise ValueError(f"url: expected nfs://host/export/path, got {self.url!r}")
+        try:
+            _nfs_version(self.url)
+        except ValueError:
+            raise ValueError(f"url: version must be 3 or 4, got {self.url!r}") from None
+
 
 def _mode_of(mode: int, ftype: int) -> int:
     return mode if st.S_IFMT(mode) else mode | _FTYPE_MODE.get(ftype, 0)
@@ -473,7 +483,10 @@ def _timeval(ns: int) -> _Timeval:
 
 def _nfs_version(url: str) -> int:
     """The NFS version a libnfs URL asks for (libnfs' default is 3)."""
-    return int(parse_qs(urlsplit(url).query).get("version", ["3"])[-1])
+    version = int(parse_qs(urlsplit(url).query).get("version", ["3"])[-1])
+    if version not in (3, 4):
+        raise ValueError(f"NFS version {version}")
+    return version
 
 
 class NFSBackend(WritableBackend):
@@ -482,9 +495,6 @@ class NFSBackend(WritableBackend):
     atomic_dir_rename = True
 
     def __init__(self, options: NFSOptions) -> None:
-        parts = urlsplit(options.url)
-        if parts.scheme != "nfs" or not parts.hostname:
-            raise ValueError(f"url: expected nfs://host/export/path, got {options.url!r}")
         super().__init__(options)
         self.url = options.url
         self.pool = _Pool(options.url, max(1, int(options.timeout * 1000)))
@@ -701,6 +711,11 @@ class NFSBackend(WritableBackend):
         return self._stat(ctx, path)
 
     # The protocol.
+
+    async def probe(self) -> None:
+        """The export answers and its root (the URL's path) is a directory: one GETATTR after mounting."""
+        if not (await self.stat("")).is_dir:
+            raise not_a_directory(self.url)
 
     async def stat(self, path: str) -> ObjectMeta:
         return await self.run_sync(self.pool.call, lambda ctx: self._stat(ctx, path))
