@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 import urllib.request
 from pathlib import Path
 
 import pytest
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.kernel import VfsMount, read_file, vfs_mount
 from tests.silos.local import write_tree
-from vfs.prometheus import parse_addr
+from vfs.metrics import Registry
+from vfs.prometheus import MetricsServer, parse_addr
 
 pytestmark = pytest.mark.kernel
 
@@ -49,10 +52,32 @@ def test_parse_addr() -> None:
         parse_addr("9567x")
 
 
-def test_scrape_a_mount(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_scrape_reads_the_registry_on_the_trio_thread_and_a_taken_port_is_refused() -> None:
+    registry = Registry()
+    hits = registry.counter("cache_hits", "h", ("tier",), ("tiers", "{tier}", "hits"))
+    threads: list[str] = []
+    registry.gauge("probe", "which thread renders", ()).labels().set_function(
+        lambda: threads.append(threading.current_thread().name) or 1)
+
+    async def main() -> None:
+        server = MetricsServer("127.0.0.1:0", registry, trio.lowlevel.current_trio_token())
+        try:
+            hits.labels("ram").inc(7)
+            families = await trio.to_thread.run_sync(scrape, server.url)
+            assert value(families, "vfs_cache_hits_total", tier="ram") == 7
+            assert threads == [threading.current_thread().name]  # rendered here, not in the server's thread
+            with pytest.raises(OSError):
+                MetricsServer(f"127.0.0.1:{server.server.server_port}", registry, trio.lowlevel.current_trio_token())
+        finally:
+            await trio.to_thread.run_sync(server.close)
+
+    trio.run(main)
+
+
+def test_scrape_a_mount(tmp_path: Path) -> None:
     write_tree(tmp_path / "silo", FILES, [])
-    monkeypatch.setenv("VFS_METRICS_ADDR", "127.0.0.1:0")  # the child's port, read from .vfs/stats
-    cfg = {"cache": {"block_size": BLOCK, "ram_size": 16 * BLOCK, "ssd_dir": str(tmp_path / "ssd"), "ssd_size": 64 * BLOCK},
+    cfg = {"metrics": {"addr": "127.0.0.1:0"},  # the port the mount got is in .vfs/stats
+           "cache": {"block_size": BLOCK, "ram_size": 16 * BLOCK, "ssd_dir": str(tmp_path / "ssd"), "ssd_size": 64 * BLOCK},
            "mount": [{"path": "/data", "backend": "local", "root": str(tmp_path / "silo")}], "write": {"mode": "back"}}
     with vfs_mount(tmp_path, cfg) as m:
         url = stats(m)["metrics_url"]

@@ -218,14 +218,9 @@ async def _after_init(ns: Namespace, mountpoint: str, read_ahead_kb: int, notifi
             notifier.status(status)
 
 
-def metrics_addr(config: Config) -> str:
-    """Where to serve Prometheus metrics ('' : nowhere)."""
-    metrics = getattr(config, "metrics", None)
-    return (metrics.addr if metrics is not None else "") or os.environ.get("VFS_METRICS_ADDR", "")
-
-
 def serve_metrics(ns: Namespace, addr: str) -> MetricsServer | None:
-    """The Prometheus endpoint on `addr`, or None (logged) if it cannot be served; the mount goes on."""
+    """The Prometheus endpoint on `addr` (`[metrics] addr`, `--metrics-addr`), or None: none asked
+    for, or it cannot be served (logged; the mount goes on)."""
     if not addr:
         return None
     try:
@@ -296,7 +291,7 @@ def run(config: Config, mountpoint: str) -> None:
     pyfuse3.init(FuseOps(ns), mountpoint, fuse_options(config))
     log.info("mounted %s: %s", mountpoint, ", ".join(f"{m.path} <- {m.backend.describe()}" for m in ns.table.mounts))
     try:
-        trio.run(_serve, ns, mountpoint, config.fuse.read_ahead_kb, config.write.drain_timeout, metrics_addr(config))
+        trio.run(_serve, ns, mountpoint, config.fuse.read_ahead_kb, config.write.drain_timeout, config.metrics.addr)
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", mountpoint)
