@@ -11,7 +11,9 @@ import logging
 import os
 import random
 import sqlite3
+import stat
 import subprocess
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -228,3 +230,41 @@ def test_a_full_disk_lowers_the_budget_and_reads_stay_right(tmp_path: Path, capl
                 filler.unlink()  # the disk has room again: the budget grows back
                 store.put(ks[0], payload(ks[0], 200 * 1024))
                 assert store.capacity == store.budget and store.get(ks[0]) == payload(ks[0], 200 * 1024)
+
+
+def test_a_cache_db_that_goes_bad_while_running_turns_the_tier_off(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    ks = fill(tmp_path, 4)
+    store = open_store(tmp_path)
+    try:
+        assert store.get(ks[0]) == payload(ks[0])
+        with open(tmp_path / DB_NAME, "r+b") as f:
+            f.write(b"not a database any more" * 8)
+        got: list[bytes | None] = []
+        with caplog.at_level(logging.INFO, logger="vfs.cache"):
+            worker = threading.Thread(target=lambda: got.extend(store.get(k) for k in ks))  # a new sqlite connection
+            worker.start()
+            worker.join(30)
+            store.put(keys(5)[4], payload(keys(5)[4]))
+        assert got == [None] * 4 and store.off and "not a database" in store.off
+        [line] = warnings(caplog)
+        assert "went bad while running" in line
+        assert store.get(ks[0]) is None and keys(5)[4] not in store  # off: misses, nothing stored
+    finally:
+        store.close()
+    with caplog.at_level(logging.INFO, logger="vfs.cache"):
+        with open_store(tmp_path) as again:  # the next start sets it aside
+            assert again.damaged_db and again.off is None and len(again) == 0
+            again.put(ks[0], payload(ks[0]))
+            assert again.get(ks[0]) == payload(ks[0])
+
+
+@pytest.mark.parametrize("mode", [0o500, 0o000, 0o777])
+def test_a_directory_of_ours_with_a_wrong_mode_is_repaired(mode: int, tmp_path: Path) -> None:
+    ssd = tmp_path / "ssd"
+    ssd.mkdir()
+    os.chmod(ssd, mode)
+    with open_store(ssd) as store:
+        assert stat.S_IMODE(os.stat(ssd).st_mode) == 0o700
+        k = keys(1)[0]
+        store.put(k, payload(k))
+        assert store.get(k) == payload(k)

@@ -50,6 +50,9 @@ bytes free on the disk, less SQLITE_HEADROOM (one error line, later ones at debu
 old ones; while it is below the configured budget it is refitted (a statvfs) before every write, so it
 grows back when the disk has room again. A value file half-written when the write failed is deleted.
 
+A cache.db that goes bad while running (sqlite reports a malformed database) turns the tier off: one
+error line, every get a miss, every put refused, until the next start sets the database aside.
+
 Errors: any other SSD error (I/O error, sqlite error or timeout) is logged and is a miss (get) or a
 block not stored (put); nothing is raised to the caller. Only a programming error (a non-bytes value, a
 non-BlockKey key) raises TypeError.
@@ -480,6 +483,8 @@ class SsdStore:
         """Why the cache.db found at start was set aside, or None."""
         self.orphans = 0
         """Value files no row pointed to, deleted at start."""
+        self.off: str | None = None
+        """Why the tier stopped while running (its cache.db went bad): every get a miss, every put refused."""
         self.used = 0
         """Bytes of resident blocks + blocks being deleted + blocks being written: never > budget (nor >
         capacity, except just after a full disk lowered capacity: the next write evicts down to it)."""
@@ -513,7 +518,7 @@ class SsdStore:
     def get(self, key: BlockKey) -> bytes | None:
         with self._lock:
             entry = self._resident.get(key)
-            if entry is None:
+            if entry is None or self.off is not None:
                 self.stats.misses += 1
                 return None
             charge, generation = entry
@@ -549,6 +554,10 @@ class SsdStore:
             return []
         charge = HEADER.size + len(kb) + len(data)
         evicted: list[BlockKey] = []
+        if self.off is not None:
+            with self._lock:
+                self.stats.refused += 1
+            return evicted
         if not self._make_room(key, charge, evicted):
             return evicted
         failure: BaseException | None = None
@@ -646,8 +655,24 @@ class SsdStore:
             log.warning("SSD block %r in %s is bad (%s): deleted, treated as a miss", key, self.directory, exc)
             return None, True
         except SSD_ERRORS as exc:
-            self._error("read", key, exc)
+            if not self._went_bad(exc):
+                self._error("read", key, exc)
             return None, isinstance(exc, OSError) and exc.errno == errno.EIO
+
+    def _went_bad(self, exc: BaseException) -> bool:
+        """Whether `exc` says cache.db went bad while running; if so the tier is off (one error line):
+        the next start sets the database aside."""
+        if not is_damage(exc):
+            return False
+        with self._lock:
+            self.errors += 1
+            first = self.off is None
+            if first:
+                self.off = str(exc)
+        if first:
+            log.error("SSD cache %s: %s went bad while running (%s): the tier is off until the next start, which "
+                      "sets it aside", self.directory, DB_NAME, exc)
+        return True
 
     def _stored_file(self) -> str | None:
         """The value file (full path) the last set of this thread wrote, if any."""
@@ -665,6 +690,8 @@ class SsdStore:
     def _write_failed(self, key: BlockKey, exc: BaseException) -> None:
         """A write failed: a full disk fits the budget to the disk (one error line, later ones at debug
         level); any other error is logged as an error."""
+        if self._went_bad(exc):
+            return
         if not is_full(exc):
             self._error("write", key, exc)
             return
@@ -718,7 +745,7 @@ class SsdStore:
                     log.debug("SSD cache %s: delete of %r waits for room on the disk: %s", self.directory, key, exc)
                     with self._lock:
                         self.errors += 1
-                else:
+                elif not self._went_bad(exc):
                     self._error("delete", key, exc)
                 failed = True
             with self._lock:
