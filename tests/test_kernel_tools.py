@@ -1,21 +1,32 @@
 """Everyday tools writing into an S3 mount (moto), in modes through and back, their results checked
 through the mount AND on the silo behind it: cp -r, rsync -a (run twice: the second copies nothing
-new), tar x, git clone of a local repository then a clean git status.
+new), tar x, git clone of a local repository then a clean git status, fio (sequential, random,
+O_DIRECT and periodic fsync, each with verify=crc32c, then the object on the silo verified by fio
+itself), torch.save/torch.load of a state_dict (also after a remount, and from the silo's bytes).
+
+Also the write paths these tools lean on: fsync again and again on one open file with writes between
+(each fsync puts exactly the bytes so far on the silo), writes while a commit of the same file runs
+(they go to one copy of the staged file, and no data file stays in the staging directory once all is
+committed), and fallocate(2), which FUSE answers EOPNOTSUPP for (vfs has no fallocate handler).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import random
 import shutil
 import subprocess
 import tarfile
+import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.kernel import VfsMount, fuse_available, vfs_mount, wait_until
+from tests.kernel import VfsMount, fuse_available, read_file, vfs_mount, wait_until
 from tests.silos.s3 import MotoS3, moto_server
 
 pytestmark = [pytest.mark.kernel, pytest.mark.skipif(fuse_available() is not None, reason=str(fuse_available()))]
@@ -44,13 +55,40 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
         yield m
 
 
+def config(moto: MotoS3, mode: str, delay: float = 0.2) -> dict:
+    return {"write": {"mode": mode, "write_back_delay": delay},
+            "mount": [{"path": "/s3", **moto.options(bucket=BUCKET, prefix=mode)}]}
+
+
 @pytest.fixture(scope="module", params=["through", "back"])
 def mnt(request: pytest.FixtureRequest, moto: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VfsMount, str]]:
     tmp = tmp_path_factory.mktemp(f"tools-{request.param}")
-    cfg = {"write": {"mode": request.param, "write_back_delay": 0.2},
-           "mount": [{"path": "/s3", **moto.options(bucket=BUCKET, prefix=request.param)}]}
-    with vfs_mount(tmp, cfg) as m:
+    with vfs_mount(tmp, config(moto, request.param)) as m:
         yield m, request.param
+    assert "Traceback" not in m.log_text(), m.log_text()[-3000:]
+
+
+# fio creates its file and closes it before the job opens it again to write. In mode back, a commit
+# of that first version starting during the job races the job's writes (a write in flight when a
+# commit ends: see the report), so fio's mount waits this long after a close; a 16 MiB job takes well
+# under a second here.
+FIO_DELAY = 3.0
+
+
+@pytest.fixture(scope="module", params=["through", "back"])
+def fio_mnt(request: pytest.FixtureRequest, moto: MotoS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VfsMount, str]]:
+    tmp = tmp_path_factory.mktemp(f"fio-{request.param}")
+    with vfs_mount(tmp, config(moto, request.param, FIO_DELAY)) as m:
+        yield m, request.param
+    assert "Traceback" not in m.log_text(), m.log_text()[-3000:]
+
+
+@pytest.fixture(params=["through", "back"])
+def own(request: pytest.FixtureRequest, moto: MotoS3, tmp_path: Path) -> Iterator[tuple[VfsMount, str]]:
+    """A mount of the test's own: its staging directory holds only what the test staged."""
+    with vfs_mount(tmp_path, config(moto, request.param), "own") as m:
+        yield m, request.param
+    assert "Traceback" not in m.log_text(), m.log_text()[-3000:]
 
 
 def on_silo(moto: MotoS3, prefix: str) -> dict[str, bytes]:
@@ -66,6 +104,27 @@ def on_silo(moto: MotoS3, prefix: str) -> dict[str, bytes]:
 def settled(moto: MotoS3, prefix: str, expected: dict[str, bytes]) -> None:
     wait_until(lambda: {k: v for k, v in on_silo(moto, prefix).items() if k in expected} == expected, 60,
                f"{prefix} on the silo")
+
+
+def s3_bytes(moto: MotoS3, key: str) -> bytes | None:
+    c = moto.client()
+    try:
+        return c.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    except c.exceptions.NoSuchKey:
+        return None
+
+
+def committed(moto: MotoS3, key: str, data: bytes) -> None:
+    wait_until(lambda: s3_bytes(moto, key) == data, 60, f"{key} on the silo")
+
+
+def staging_of(m: VfsMount) -> Path:
+    """The mount's staging directory (tests/kernel.py puts it beside the mountpoint)."""
+    return m.path.with_name(m.path.name + "-staging")
+
+
+def staged_data_files(m: VfsMount) -> list[Path]:
+    return sorted(staging_of(m).rglob("*.data"))
 
 
 def test_cp_r(mnt: tuple[VfsMount, str], moto: MotoS3, tmp_path: Path) -> None:
@@ -114,3 +173,199 @@ def test_git_clone_then_clean_status(mnt: tuple[VfsMount, str], tmp_path: Path) 
     assert status.stdout == ""
     worktree = {k: v for k, v in read_tree(clone).items() if not k.startswith(".git/")}
     assert worktree == {k: v for k, v in read_tree(repo).items() if not k.startswith(".git/")}
+
+
+# --- fio -----------------------------------------------------------------------------------------
+
+FIO_SIZE = "16M"
+FIO_BS = "256k"
+FIO_JOBS = {
+    "seq": ["--rw=write"],
+    "rand": ["--rw=randwrite"],
+    "fsync": ["--rw=write", "--fsync=16"],  # an fsync (a commit, in both modes) every 16 writes of 256 KiB
+    "direct": ["--rw=randwrite", "--direct=1"],
+}
+
+
+def fio(path: Path, job: list[str], *extra: str) -> subprocess.CompletedProcess:
+    """fio writing `path` with verify=crc32c; with `--verify_only`, checking a file it wrote earlier.
+    The random offsets and data are seeded (randrepeat, the default), so a later run verifies."""
+    argv = ["fio", "--name=vfs", f"--filename={path}", f"--size={FIO_SIZE}", f"--bs={FIO_BS}", "--ioengine=psync",
+            "--verify=crc32c", "--verify_state_save=0", "--fallocate=none", "--randrepeat=1", *job, *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed (scripts/setup installs it)")
+@pytest.mark.parametrize("job", sorted(FIO_JOBS))
+def test_fio_verify_crc32c_then_on_the_silo(fio_mnt: tuple[VfsMount, str], moto: MotoS3, tmp_path: Path, job: str) -> None:
+    m, mode = fio_mnt
+    path = m.path / "s3" / f"fio-{job}.bin"
+    run = fio(path, FIO_JOBS[job])
+    assert run.returncode == 0, run.stdout + run.stderr  # fio read every block back and checked its crc32c
+    assert os.stat(path).st_size == 16 * 1024 * 1024
+    data = read_file(path)
+    if mode == "through":
+        assert s3_bytes(moto, f"{mode}/fio-{job}.bin") == data  # fio closed the file: the silo holds it
+    committed(moto, f"{mode}/fio-{job}.bin", data)
+    # fio itself verifies the silo's object: every block's header and crc32c, at the offsets it wrote.
+    local = tmp_path / "from-silo.bin"
+    local.write_bytes(s3_bytes(moto, f"{mode}/fio-{job}.bin") or b"")
+    again = fio(local, FIO_JOBS[job], "--verify_only")
+    assert again.returncode == 0, again.stdout + again.stderr
+    local.write_bytes(data[:4096] + bytes([data[4096] ^ 1]) + data[4097:])  # and it does notice one flipped bit
+    assert fio(local, FIO_JOBS[job], "--verify_only").returncode != 0
+
+
+def test_o_direct_is_accepted(mnt: tuple[VfsMount, str], moto: MotoS3) -> None:
+    m, mode = mnt
+    path = m.path / "s3" / "direct.bin"
+    data = random.Random(5).randbytes(1 << 20)
+    buf = mmap_aligned(data)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC | os.O_DIRECT, 0o644)
+    try:
+        assert os.write(fd, buf) == len(data)
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        back = mmap_aligned(bytes(len(data)))
+        assert os.readv(fd, [back]) == len(data) and bytes(back) == data
+    finally:
+        os.close(fd)
+    committed(moto, f"{mode}/direct.bin", data)
+
+
+def mmap_aligned(data: bytes) -> "mmap.mmap":
+    """A page-aligned buffer holding `data` (O_DIRECT wants aligned memory)."""
+    import mmap
+
+    buf = mmap.mmap(-1, len(data))
+    buf.write(data)
+    return buf
+
+
+# --- torch ---------------------------------------------------------------------------------------
+
+def test_torch_save_then_load_also_after_a_remount(mnt: tuple[VfsMount, str], moto: MotoS3, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch", reason="torch is not installed (the test extra installs it)")
+    import io
+
+    m, mode = mnt
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10))  # ~2 MiB
+    state = model.state_dict()
+    path = m.path / "s3" / "ckpt" / "model.pt"
+    path.parent.mkdir()
+    torch.save(state, path)
+
+    def same(loaded: dict) -> bool:
+        return loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+    assert same(torch.load(path))
+    if mode == "through":
+        assert s3_bytes(moto, f"{mode}/ckpt/model.pt") == read_file(path)
+    committed(moto, f"{mode}/ckpt/model.pt", read_file(path))
+    assert same(torch.load(io.BytesIO(s3_bytes(moto, f"{mode}/ckpt/model.pt") or b"")))
+    with vfs_mount(tmp_path, config(moto, mode), "again") as again:  # a new process, its cache empty
+        assert same(torch.load(again.path / "s3" / "ckpt" / "model.pt"))
+
+
+# --- fsync, commits and the staging directory ----------------------------------------------------
+
+def test_fsync_again_and_again_on_one_open_file(own: tuple[VfsMount, str], moto: MotoS3) -> None:
+    """Each fsync commits (both modes) exactly the bytes written so far, on top of the last one."""
+    m, mode = own
+    path, key = m.path / "s3" / "fsyncs.bin", f"{mode}/fsyncs.bin"
+    rnd = random.Random(11)
+    expected = bytearray()
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
+    try:
+        for chunk in (rnd.randbytes(100_000), rnd.randbytes(3_000_000), b"tail"):
+            os.write(fd, chunk)
+            expected += chunk
+            os.fsync(fd)
+            assert s3_bytes(moto, key) == expected
+        os.pwrite(fd, b"HEAD", 0)  # rewrite in place, then grow past the end: two more commits
+        expected[0:4] = b"HEAD"
+        os.fsync(fd)
+        assert s3_bytes(moto, key) == expected
+        os.pwrite(fd, b"!", len(expected) + 10)
+        expected += b"\0" * 10 + b"!"
+        os.fsync(fd)
+        assert s3_bytes(moto, key) == expected
+    finally:
+        os.close(fd)
+    assert read_file(path) == expected
+    assert not [k for k in on_silo(moto, mode) if k.startswith("fsyncs.bin.conflict-")]
+    wait_until(lambda: not list(staging_of(m).rglob("*.*")), 60, "the staging directory to empty")
+
+
+def test_writes_during_a_commit_leave_no_copies_behind(own: tuple[VfsMount, str], moto: MotoS3) -> None:
+    """A close commits a 32 MiB file (mode through: in the close; back: 0.2 s later, in the
+    background) while another descriptor writes to it: those writes go to one copy of the staged
+    file; once everything is committed no data file is left in staging. (A close, not an fsync: the
+    kernel holds the inode lock through an fsync, so no write could land during it.)
+
+    The writes stop once the copy exists and two more went to it, and start again only after that
+    commit ended: a write still in flight when a commit ends races the drop of the staged file
+    (EBADF, or a lost write; see the report), a bug of its own, not what this test is about."""
+    m, mode = own
+    path, key = m.path / "s3" / "busy.bin", f"{mode}/busy.bin"
+    rnd = random.Random(12)
+    expected = bytearray(rnd.randbytes(32 << 20))
+    path.write_bytes(expected)
+    committed(moto, key, bytes(expected))
+    wait_until(lambda: not staged_data_files(m), 60, "the staged copy dropped")
+
+    def write_some() -> None:
+        offset = rnd.randrange(len(expected) - 4096)
+        chunk = rnd.randbytes(4096)
+        os.pwrite(writer, chunk, offset)
+        expected[offset:offset + 4096] = chunk
+
+    writer = os.open(path, os.O_WRONLY)
+    most, writes = 0, 0
+    try:
+        for _ in range(10):  # bounded rounds, each one commit
+            closer = os.open(path, os.O_WRONLY)
+            os.pwrite(writer, b"start", 0)  # the close below has something to commit
+            expected[0:5] = b"start"
+            t = threading.Thread(target=os.close, args=(closer,))
+            t.start()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and (t.is_alive() or mode == "back"):
+                write_some()
+                writes += 1
+                most = max(most, len(staged_data_files(m)))
+                if most >= 2:  # a write landed during the commit: the staged file got its copy
+                    write_some()
+                    write_some()
+                    break
+            t.join()
+            wait_until(lambda: len(staged_data_files(m)) <= 1, 60, "the commit to end")
+            if most >= 2:
+                break
+    finally:
+        os.close(writer)
+    assert most >= 2, f"no write landed during a commit in {writes} writes"
+    assert read_file(path) == expected
+    committed(moto, key, bytes(expected))
+    wait_until(lambda: not list(staging_of(m).rglob("*.*")), 60, "nothing left in the staging directory")
+
+
+def test_fallocate_is_eopnotsupp(mnt: tuple[VfsMount, str]) -> None:
+    """vfs has no fallocate handler; FUSE answers EOPNOTSUPP (glibc's posix_fallocate then writes
+    zeros itself, so tools that use it still work)."""
+    m, _ = mnt
+    path = m.path / "s3" / "falloc.bin"
+    path.write_bytes(b"x")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert libc.fallocate(fd, 0, 0, 1 << 20) == -1 and ctypes.get_errno() == errno.EOPNOTSUPP
+        os.posix_fallocate(fd, 0, 8192)  # glibc's emulation: writes a byte per block
+        assert os.fstat(fd).st_size == 8192
+    finally:
+        os.close(fd)
+    assert read_file(path) == b"x" + b"\0" * 8191
