@@ -334,10 +334,11 @@ def value_files(path: str) -> Iterator[str]:
 
 
 def delete_orphans(path: str, indexed: set[str]) -> tuple[int, int]:
-    """Delete the value files under `path` not in `indexed` (real paths); return (files, bytes) deleted."""
+    """Delete the value files under `path` not in `indexed` (paths relative to `path`); return (files,
+    bytes) deleted."""
     files = size = 0
     for file in value_files(path):
-        if os.path.realpath(file) in indexed:
+        if os.path.relpath(file, path) in indexed:
             continue
         with contextlib.suppress(OSError):
             length = os.path.getsize(file)
@@ -379,7 +380,7 @@ class ScannedRow:
     charge: int  # bytes on disk, header included; 0 when unknown
     stored_ns: int
     problem: str | None  # why the row must go; None for a good block (by its header)
-    file: str | None = None  # full path of its value file; None when the value is inline in sqlite
+    file: str | None = None  # its value file, relative to the directory; None when the value is inline
 
 
 def _scan(cache: diskcache.Cache) -> Iterator[ScannedRow]:
@@ -397,7 +398,7 @@ def _scan(cache: diskcache.Cache) -> Iterator[ScannedRow]:
             value, tag = cache.get(db_key, read=True, tag=True)
             if value is None:
                 raise CorruptBlock("value file missing")
-            file = None if isinstance(value, bytes) else os.path.realpath(value.name)
+            file = None if isinstance(value, bytes) else os.path.relpath(value.name, cache.directory)
             with _as_reader(value) as reader:
                 total = _size_of(reader)
                 _check_header(reader, db_key.encode("utf-8"), total)
@@ -866,7 +867,7 @@ class SsdStore:
             assert row.key is not None
             self._resident[row.key] = (row.charge, next(self._generation))
             if row.file is not None:
-                self._files[row.key] = row.file
+                self._files[row.key] = os.path.join(self.directory, row.file)
             self.policy.admit(row.key, row.charge)
             self.used += row.charge
         over: list[BlockKey] = []
