@@ -85,8 +85,8 @@ def _prepare_mountpoint(path: str) -> None:
             os.makedirs(path)
         except OSError as exc:
             raise Refused(f"{path}: the mountpoint cannot be created: {exc.strerror}") from None
-    except (OSError, ValueError) as exc:
-        raise Refused(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    except OSError:
+        pass  # stale (ENOTCONN), too long...: check_mountpoint names it
     try:
         app.check_mountpoint(path)
     except app.MountError as exc:
