@@ -256,11 +256,13 @@ def test_a_lost_commit_answer_is_no_conflict(moto: MotoS3, proxy: FaultProxy, tm
         (m.path / "s3" / "big.bin").write_bytes(big)
         proxy.inject("lost_response", match=r"^PUT /faults/lost-back/small\.bin$")
         (m.path / "back" / "small.bin").write_bytes(small)
+        proxy.inject("lost_response", match=r"^PUT /faults/lost/made/$")  # the directory marker
+        os.mkdir(m.path / "s3" / "made")
         wait_until(lambda: not journal(tmp_path), SETTLE, "the journal to empty")
     assert_clean_log(m)
-    assert proxy.faults["lost_response"] == 4
+    assert proxy.faults["lost_response"] == 5
     assert silo_bytes(moto, "lost/small.bin") == small[::-1] and silo_bytes(moto, "lost/big.bin") == big
-    assert silo_bytes(moto, "lost-back/small.bin") == small
+    assert silo_bytes(moto, "lost-back/small.bin") == small and silo_bytes(moto, "lost/made/") == b""
     assert not [k for k in silo_keys(moto, "lost") + silo_keys(moto, "lost-back") if ".conflict-" in k]
 
 

@@ -18,7 +18,8 @@ header; any failure aborts the upload. 412 -> ESTALE; 409 ConditionalRequestConf
 conditional write racing ours) is retried a few times. A commit whose answer was lost (the server did
 it, the connection broke) meets its own object when retried (412, or NoSuchUpload for a completed
 multipart upload): on those answers a HEAD tells ours apart, by the MD5 ETag of a single PUT or by a
-token the multipart upload wrote in its user metadata (`vfs-upload`), and ours is success.
+token the multipart upload wrote in its user metadata (`vfs-upload`), and ours is success; so is a
+directory marker holding the token of our `mkdir`.
 
 Retries: botocore makes one attempt per call (its standard mode keeps a retry quota per client that
 failed calls drain, after which it silently stops retrying); `_call` retries throttling, 5xx,
@@ -74,7 +75,7 @@ RETRY_BASE = 0.05  # seconds: the longest wait before the first retry of a call;
 RETRY_CAP = 2.0  # seconds: the longest wait between two tries of a call
 # Answers to a retried commit that mean "maybe it was ours": the object is there, or the upload is done.
 AMBIGUOUS = frozenset({"PreconditionFailed", "NoSuchUpload"})
-UPLOAD_TOKEN = "vfs-upload"  # user metadata naming the multipart upload that wrote the object
+UPLOAD_TOKEN = "vfs-upload"  # user metadata naming the multipart upload (or mkdir) that wrote the object
 # Headers a metadata-replacing CopyObject would otherwise reset; HEAD returns each under the same name.
 KEPT_ON_COPY = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage",
                 "StorageClass", "ServerSideEncryption", "SSEKMSKeyId")
@@ -466,12 +467,19 @@ class S3Backend(WritableBackend):
     async def mkdir(self, path: str) -> None:
         if await self._lookup(path) is not None:
             raise SiloError(errno.EEXIST, self._what(path))
+        marker, token = self._key(path) + "/", secrets.token_hex(12)
         try:
-            await self._call(self.client.put_object, path, Key=self._key(path) + "/", Body=b"", IfNoneMatch="*")
+            await self._call(self.client.put_object, path, Key=marker, Body=b"", IfNoneMatch="*",
+                             Metadata={UPLOAD_TOKEN: token})
         except OSError as exc:
-            if exc.errno == errno.ESTALE:  # the marker appeared meanwhile
-                raise SiloError(errno.EEXIST, self._what(path)) from exc
-            raise
+            if exc.errno != errno.ESTALE:
+                raise
+            # The marker appeared meanwhile: someone else's, or ours from a try whose answer was lost.
+            with contextlib.suppress(OSError):
+                found = await self._call(self.client.head_object, path, Key=marker)
+                if found.get("Metadata", {}).get(UPLOAD_TOKEN) == token:
+                    return
+            raise SiloError(errno.EEXIST, self._what(path)) from exc
 
     async def rmdir(self, path: str) -> None:
         if not path:
