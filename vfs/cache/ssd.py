@@ -32,10 +32,9 @@ The budget counts 24 + K + N per block (what this module writes; sqlite's row ov
 rounding are not counted).
 
 Restart: opening a directory rebuilds the index (key -> bytes) and the policy's resident set from the
-headers on disk (header check only; the CRC is checked when a block is read); the bad rows found go in one
-log line. Blocks are re-admitted in
-the order they were stored (a diskcache tag holds the store time), so FIFO order survives; LRU recency
-and LFU counts do not (they would cost a write per hit). A directory is used by one process at a time
+headers on disk (header check only; the CRC is checked when a block is read); the bad rows found go in
+one log line. Blocks are re-admitted in the order they were stored (a diskcache tag holds the store
+time), so FIFO order survives; LRU recency and LFU counts do not (they would cost a write per hit). A directory is used by one process at a time
 (an flock on `vfs.lock`).
 
 Damage found at start-up, each in one log line: a `cache.db` that sqlite's `quick_check` rejects (garbled,
@@ -45,10 +44,12 @@ deleted, so every byte on disk is inside the budget again. A directory that cann
 user's, a read-only file system, sqlite refusing it) raises from the constructor: `build_cache` then runs
 without the tier.
 
-Disk full (ENOSPC, EDQUOT, SQLITE_FULL) on a write: the budget becomes the bytes the tier holds plus the
-bytes free on the disk, less SQLITE_HEADROOM (one error line, later ones at debug level), so the next blocks go in by evicting
-old ones; while it is below the configured budget it is refitted (a statvfs) before every write, so it
-grows back when the disk has room again. A value file half-written when the write failed is deleted.
+Disk full (ENOSPC, EDQUOT, SQLITE_FULL) on a write: the budget (`capacity`) becomes the bytes the tier
+holds plus the bytes free on the disk, less SQLITE_HEADROOM (one error line, later ones at debug level),
+so the next blocks go in by evicting old ones; while it is below the configured `budget` it is refitted
+(a statvfs) before every write, so it grows back when the disk has room again. A value file half-written
+when the write failed is deleted, and an evicted block's value file is deleted before its row (sqlite
+cannot log a delete on a full disk; the row's delete is retried later).
 
 A cache.db that goes bad while running (sqlite reports a malformed database) turns the tier off: one
 error line, every get a miss, every put refused, until the next start sets the database aside.

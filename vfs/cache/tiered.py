@@ -290,7 +290,7 @@ class BlockCache:
             out["ssd"] = {**_tier_stats(self.ssd), "errors": self.ssd.errors + self.ssd_failures,
                           "corrupt": self.ssd.corrupt, "directory": self.ssd.directory, "budget": self.ssd.budget,
                           "disk_full": self.ssd.disk_full, "orphans": self.ssd.orphans,
-                          "damaged_db": self.ssd.damaged_db}
+                          "damaged_db": self.ssd.damaged_db, "off": self.ssd.off}
             out["ssd_writer"] = {**dataclasses.asdict(self.writer.stats), "queued_bytes": self.writer.queued_bytes,
                                  "write_through": self.write_through}
         return out
