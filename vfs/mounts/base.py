@@ -141,9 +141,7 @@ class BackendStats:
 
     def register(self, registry: Registry, silo: str, describe: str) -> None:
         """Show these counters in `registry`, labelled with the mount path `silo`."""
-        registry.static(("backends", silo, "silo"), describe)
-        registry.gauge("silo_info", "The silo behind each mount (label backend), value 1",
-                       ("silo", "backend")).labels(silo, describe).set(1)
+        registry.static(("backends", silo, "silo"), describe)  # .vfs/stats only: no label names a silo's URL
         calls = registry.histogram("backend_request_duration_seconds", "Calls of the silo's protocol by duration",
                                    ("silo", "operation"), stats=("backends", "{silo}", "requests"),
                                    stats_sum=("backends", "{silo}", "seconds"))
