@@ -182,6 +182,10 @@ CASES = [
          expect=("cache.trace_file", "no such directory")),
     line("log_file_missing_dir", "{mnt}", "--log-file", "{tmp}/no/x.log", "--config", "{cfg}", config=MEM,
          expect=("--log-file", "no such directory")),
+    cfg("gdrive_token_file_missing", '[[mount]]\npath = "/d"\nbackend = "gdrive"\ntoken_file = "{tmp}/token.json"\n',
+        "mount #1 (/d).token_file", "token.json: No such file or directory"),
+    cfg("gcs_key_file_missing", GCS + 'credentials_file = "{tmp}/key.json"\n', "mount #1 (/g).credentials_file",
+        "key.json: No such file or directory"),
     # --- one-liners ---
     line("scheme_unknown", "{mnt}", "ftp://host/x", expect=("command line", "unknown scheme 'ftp'")),
     line("scheme_typo", "{mnt}", "s4://bucket", expect=("command line", "unknown scheme 's4'")),
@@ -197,6 +201,9 @@ CASES = [
     line("local_missing", "{mnt}", "{tmp}/gone=/x", expect=("command line", "mount #1 (/x).root", "No such file")),
     line("line_path_reserved", "{mnt}", "memory://x=/.vfs", expect=("command line", "mount #1.path", "reserved")),
     line("line_path_dotdot", "{mnt}", "memory://x=/a/../b", expect=("command line", "mount #1.path", "not allowed")),
+    line("source_after_options", "{mnt}", "--config", "{cfg}", "=/x", config=MEM, expect=("no source before '='",)),
+    line("foreground_backend_check", "{mnt}", "--foreground", "--config", "{cfg}", config=S3 + 'part_size = "1MiB"\n',
+         expect=("c.toml", "mount #1 (/s3)", "part_size", "5 MiB")),
     # --- options ---
     line("option_unknown", "{mnt}", "memory://x", "--bogus", expect=("unrecognized arguments: --bogus",)),
     line("option_write_mode", "{mnt}", "memory://x", "--write-mode", "sometimes", expect=("--write-mode", "invalid choice")),

@@ -22,6 +22,8 @@ from vfs.mount_table import Mount, MountTable
 # One probe per silo may wait this long (seconds) before its mount is reported as not answering:
 # a cold TLS handshake plus a first token fetch fit well inside; a black hole is reported in time.
 ROOT_TIMEOUT = 20.0
+# Options naming a file of credentials a backend reads (some only at the first request).
+CREDENTIAL_FILES = ("token_file", "credentials_file")
 
 
 def _directory_problem(path: str) -> str | None:
@@ -60,6 +62,16 @@ def _root_problem(root: str) -> str | None:
     return None
 
 
+def _readable_problem(path: str) -> str | None:
+    """Why the file `path` cannot be read, or None."""
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+
+
 def _file_problem(path: str) -> str | None:
     """Why vfs cannot append to the file `path` (created when missing), or None."""
     path = os.path.abspath(os.path.expanduser(path))
@@ -89,6 +101,9 @@ def check_paths(config: Config, log_file: str | None = None) -> list[str]:
     if any(writable(config, i) for i in range(len(config.mounts))):
         problems.append(("write.staging_dir", _directory_problem(config.write.staging_dir)))
     for i, m in enumerate(config.mounts):
+        for key in CREDENTIAL_FILES:
+            if getattr(m.options, key, None):
+                problems.append((f"mount #{i + 1} ({m.path}).{key}", _readable_problem(getattr(m.options, key))))
         if m.backend == "local":
             problems.append((f"mount #{i + 1} ({m.path}).root", _root_problem(m.options.root)))  # type: ignore[attr-defined]
     out = [f"{config.source}: {key}: {problem}" for key, problem in problems if problem]
@@ -141,8 +156,11 @@ async def check_roots(table: MountTable, timeout: float = ROOT_TIMEOUT) -> list[
         except OSError as exc:
             err = exc.errno or errno.EIO
             lasting = err in (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EINVAL)
-            text = (str(exc).splitlines() or [""])[0] or os.strerror(err)
-            problems[mount.path] = RootProblem(mount.path, err, lasting, f"{where}: {os.strerror(err)}: {text}")
+            text = exc.strerror or str(exc) or os.strerror(err)  # SiloError: "strerror: what"
+            text = (text.splitlines() or [""])[0]
+            if not text.startswith(os.strerror(err)):
+                text = f"{os.strerror(err)}: {text}"
+            problems[mount.path] = RootProblem(mount.path, err, lasting, f"{where}: {text}")
 
     async with trio.open_nursery() as nursery:
         for mount in table.mounts:
