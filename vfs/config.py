@@ -197,12 +197,14 @@ def shown(key: str, value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def cut(message: str, limit: int = 300) -> str:
+    """A message of at most `limit` characters (a huge value stays out of the terminal)."""
+    return message if len(message) <= limit else message[:limit - 3] + "..."
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     if key in _SIZE_KEYS:
-        try:
-            return parse_size(value)
-        except ValueError as exc:
-            raise ValueError(str(exc) if key not in SECRET_KEYS else "not a size") from None
+        return parse_size(value)
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
         hint = args[0]
@@ -251,12 +253,12 @@ def check_addr(addr: str) -> None:
         return
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9567, got {addr!r}")
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9567, got {shown('addr', addr)}")
     if host.startswith("["):
         if not host.endswith("]") or ":" not in host:
-            raise ValueError(f"expected [IPv6]:PORT such as [::1]:9567, got {addr!r}")
+            raise ValueError(f"expected [IPv6]:PORT such as [::1]:9567, got {shown('addr', addr)}")
     elif not re.fullmatch(r"[A-Za-z0-9.-]*", host):
-        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9567 (an IPv6 host in brackets), got {addr!r}")
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9567 (an IPv6 host in brackets), got {shown('addr', addr)}")
 
 
 def _check_string(key: str, value: str) -> None:
@@ -266,13 +268,13 @@ def _check_string(key: str, value: str) -> None:
         if not value:
             raise ValueError("required, got an empty name")
         if not _BUCKET.fullmatch(value):
-            raise ValueError(f"not a bucket name (letters, digits, '.', '-', '_'; at most 255): {value!r}")
+            raise ValueError(f"not a bucket name (letters, digits, '.', '-', '_'; at most 255): {shown(key, value)}")
     elif key in _URL_KEYS and value:
         parts = urllib.parse.urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"[\s\x00-\x1f]", value):
-            raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+            raise ValueError(f"expected an http:// or https:// URL with a host, got {shown(key, value)}")
     elif key in _CHOICES and value not in _CHOICES[key]:
-        raise ValueError(f"{value!r} is not one of {', '.join(_CHOICES[key])}")
+        raise ValueError(f"{shown(key, value)} is not one of {', '.join(_CHOICES[key])}")
     elif key == "addr":
         check_addr(value)
 
@@ -306,21 +308,21 @@ def _build(cls: type, table: Any, where: str, ignore: set[str] = frozenset()) ->
             kwargs[name] = _coerce(table[name], hints[name], name)
             _check(name, kwargs[name])
         except ValueError as exc:
-            raise ConfigError(f"{where}.{name}: {exc}") from None
+            raise ConfigError(f"{where}.{name}: {cut(str(exc))}") from None
     try:
         return cls(**kwargs)
     except ValueError as exc:  # an Options class's own check: "key: problem"
-        raise ConfigError(f"{where}.{exc}") from None
+        raise ConfigError(f"{where}.{cut(str(exc))}") from None
 
 
 def _mount_path(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ConfigError(f"{where}.path: must be an absolute path in the tree such as '/s3', got {shown('path', value)}")
     if re.search(r"[\x00-\x1f\x7f]", value):
-        raise ConfigError(f"{where}.path: control characters are not allowed in a mount path, got {value!r}")
+        raise ConfigError(f"{where}.path: control characters are not allowed in a mount path, got {shown('path', value)}")
     path = "/" + posixpath.normpath(value).lstrip("/")
     if any(part in (".", "..") for part in value.split("/")):
-        raise ConfigError(f"{where}.path: '.' and '..' are not allowed, got {value!r}")
+        raise ConfigError(f"{where}.path: '.' and '..' are not allowed, got {shown('path', value)}")
     if any(len(part.encode()) > 255 for part in path.split("/")):
         raise ConfigError(f"{where}.path: a name in the path is longer than 255 bytes")
     if path == "/.vfs" or path.startswith("/.vfs/"):
