@@ -14,6 +14,7 @@ google-cloud-storage client for GCS, the exported directory for NFS, and the Dri
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import errno
 import json
@@ -258,6 +259,27 @@ def test_directories_rename_unlink(target: Target) -> None:
     assert errno_of(os.stat, top / "e" / "c.txt") == errno.ENOENT and view.read(f"{base}/e/c.txt") is None
     os.rmdir(top / "e")
     assert not (top / "e").exists() and "e" not in view.names(base)
+
+
+def renameat2_noreplace(src: Path, dst: Path) -> int:
+    """renameat2(RENAME_NOREPLACE); 0 or the errno."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, noreplace = -100, 1
+    ret = libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), noreplace)
+    return 0 if ret == 0 else ctypes.get_errno()
+
+
+def test_noreplace_links_and_owners(target: Target) -> None:
+    t = target
+    (t.top / "nr-a").write_bytes(b"a")
+    (t.top / "nr-b").write_bytes(b"b")
+    assert renameat2_noreplace(t.top / "nr-a", t.top / "nr-b") == errno.EEXIST
+    assert errno_of(os.symlink, "nr-a", t.top / "link") == errno.EPERM
+    assert errno_of(os.link, t.top / "nr-a", t.top / "hard") == errno.EPERM
+    assert errno_of(os.chown, t.top / "nr-a", os.getuid() + 1, -1) == errno.EPERM
+    t.committed("nr-a", b"a")
+    t.committed("nr-b", b"b")
+    assert not {"link", "hard"} & t.view.names(t.base)
 
 
 def test_rename_between_silos_is_exdev(mnt: tuple[VfsMount, str], world: dict[str, tuple[Silo, SiloView]]) -> None:
