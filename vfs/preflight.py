@@ -131,8 +131,8 @@ class RootProblem:
 
 
 async def _probe(mount: Mount) -> None:
-    """One bounded request at the silo's root: the backend's `probe()`, else a listing of the root
-    (one page, for a root of up to page_size entries)."""
+    """One bounded request at the silo's root: the backend's `probe()` (the one offline mode uses),
+    else a listing of the root (one page, for a root of up to page_size entries)."""
     probe = getattr(mount.backend, "probe", None)
     if probe is not None:
         await probe()

@@ -363,10 +363,6 @@ class GCSBackend(WritableBackend):
                 return None
             raise
 
-    async def probe(self) -> None:
-        """One list of at most 1 key under the prefix: the bucket exists and the credentials work."""
-        await self._call(self._keys, "", self._key("") + "/" if self.prefix else "", 1)
-
     async def stat(self, path: str) -> ObjectMeta:
         return await self._find(path)
 

@@ -144,16 +144,6 @@ class LocalBackend(WritableBackend):
         finally:
             os.close(fd)
 
-    async def probe(self) -> None:
-        """The root is a directory this process may list."""
-        def check() -> None:
-            if not os.path.isdir(self.root):
-                os.stat(self.root)  # ENOENT and friends, with their errno
-                raise not_a_directory(self.root)
-            if not os.access(self.root, os.R_OK | os.X_OK):
-                raise SiloError(errno.EACCES, f"{self.root}: not readable")
-        await self.run_sync(check)
-
     async def stat(self, path: str) -> ObjectMeta:
         return await self.run_sync(self._stat, path)
 

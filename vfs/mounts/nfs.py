@@ -712,11 +712,6 @@ class NFSBackend(WritableBackend):
 
     # The protocol.
 
-    async def probe(self) -> None:
-        """The export answers and its root (the URL's path) is a directory: one GETATTR after mounting."""
-        if not (await self.stat("")).is_dir:
-            raise not_a_directory(self.url)
-
     async def stat(self, path: str) -> ObjectMeta:
         return await self.run_sync(self.pool.call, lambda ctx: self._stat(ctx, path))
 
