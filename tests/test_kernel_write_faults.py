@@ -112,13 +112,13 @@ def test_mode_back_under_faults_loses_nothing(moto: MotoS3, proxy: FaultProxy, t
 def test_mode_through_close_succeeds_with_the_bytes_or_fails_and_they_follow(moto: MotoS3, proxy: FaultProxy,
                                                                              tmp_path: Path) -> None:
     files = mixed_files(20, seed=2, big=2)
+    sure = [n for i, n in enumerate(files) if i % 10 == 5]  # small files whose every commit try fails
     outcome: dict[str, int | None] = {}
     with vfs_mount(tmp_path, config(moto, proxy, "through", "through", max_attempts=2)) as m:
         os.listdir(m.path / "s3")  # the listing answers lookups of the new names: only commits meet faults
         proxy.set_faults(0.5, ("503", "reset_before", "reset_request", "stall"), match=r"^(PUT|POST) ")
-        for i, name in enumerate(files):  # and some closes fail for sure: every try of their commit fails
-            if i % 10 == 1:
-                proxy.inject("503", times=2, match=rf"^(PUT /faults/through/{name}|POST .*/{name}\?uploadId=.*)$")
+        for name in sure:
+            proxy.inject("503", times=2, match=rf"^PUT /faults/through/{name}$")
         for name, data in files.items():
             f = open(m.path / "s3" / name, "wb")
             f.write(data)
@@ -128,16 +128,30 @@ def test_mode_through_close_succeeds_with_the_bytes_or_fails_and_they_follow(mot
                 assert silo_bytes(moto, f"through/{name}") == data  # close returned: the silo holds it
             except OSError as exc:
                 outcome[name] = exc.errno
-                assert read_file(m.path / "s3" / name) == data  # still staged, still served
         proxy.set_faults(0.0)
-        wait_until(lambda: not lost_files(moto, "through", files), SETTLE, "failed closes to reach the silo")
-        wait_until(lambda: not journal(tmp_path), 30, "the journal to empty")
-    assert_clean_log(m)
-    failed = {n: e for n, e in outcome.items() if e is not None}
+        failed = {n: e for n, e in outcome.items() if e is not None}
+        for name in failed:  # still staged, still served; this close commits it
+            assert read_file(m.path / "s3" / name) == files[name]
+        lost_while_mounted = lost_files(moto, "through", files)
+    assert_clean_log(m)  # the unmount drained whatever was left
     print(f"\nmode through, 50% faults on writes: {len(files)} closes, {len(failed)} returned an errno "
-          f"({sorted({errno.errorcode[e] for e in failed.values()})}), 0 lost; faults {dict(proxy.faults)}")
-    assert {n for i, n in enumerate(files) if i % 10 == 1} <= failed.keys() and errno.ESTALE not in failed.values()
+          f"({sorted({errno.errorcode[e] for e in failed.values()})}), {len(lost_while_mounted)} not on the "
+          f"silo until the unmount, {len(lost_files(moto, 'through', files))} lost; faults {dict(proxy.faults)}")
+    assert set(sure) <= failed.keys() and errno.ESTALE not in failed.values()
+    assert not lost_files(moto, "through", files) and not journal(tmp_path)
     assert not [k for k in silo_keys(moto, "through") if ".conflict-" in k]
+
+
+@pytest.mark.xfail(strict=True, reason="vfs/commit.py: a failed through-mode commit is not retried in the "
+                                       "background: closed() never wakes the commit loop")
+def test_a_failed_through_close_is_committed_while_the_mount_is_idle(moto: MotoS3, proxy: FaultProxy,
+                                                                     tmp_path: Path) -> None:
+    with vfs_mount(tmp_path, config(moto, proxy, "through", "idle", max_attempts=1)) as m:
+        os.listdir(m.path / "s3")
+        proxy.inject("503", match=r"^PUT /faults/idle/once\.txt$")
+        with pytest.raises(OSError):
+            (m.path / "s3" / "once.txt").write_bytes(b"once")
+        wait_until(lambda: silo_bytes(moto, "idle/once.txt") == b"once", 15, "the commit's next try")
 
 
 def test_a_silo_down_for_a_minute(moto: MotoS3, proxy: FaultProxy, tmp_path: Path) -> None:
@@ -263,6 +277,22 @@ def test_a_lost_commit_answer_is_no_conflict(moto: MotoS3, proxy: FaultProxy, tm
     assert silo_bytes(moto, "lost/small.bin") == small[::-1] and silo_bytes(moto, "lost/big.bin") == big
     assert silo_bytes(moto, "lost-back/small.bin") == small and silo_bytes(moto, "lost/made/") == b""
     assert not [k for k in silo_keys(moto, "lost") + silo_keys(moto, "lost-back") if ".conflict-" in k]
+
+
+def test_a_lost_complete_answer_is_no_conflict_on_the_next_commit_try(moto: MotoS3, proxy: FaultProxy,
+                                                                     tmp_path: Path) -> None:
+    """One try per call: the close fails with the lost answer, and the commit's next try finds the
+    object the first one completed: ours, not someone else's."""
+    big = random.Random(8).randbytes(MIN_PART_SIZE + 2)
+    with vfs_mount(tmp_path, config(moto, proxy, "through", "lost-once", max_attempts=1)) as m:
+        os.listdir(m.path / "s3")
+        proxy.inject("lost_response", match=r"^POST /faults/lost-once/big\.bin\?uploadId=")
+        with pytest.raises(OSError):
+            (m.path / "s3" / "big.bin").write_bytes(big)
+        assert read_file(m.path / "s3" / "big.bin") == big  # this close tries the commit again
+        assert not journal(tmp_path)
+    assert_clean_log(m)
+    assert silo_keys(moto, "lost-once") == ["lost-once/big.bin"] and silo_bytes(moto, "lost-once/big.bin") == big
 
 
 def test_retries_are_not_rationed(moto: MotoS3, proxy: FaultProxy, tmp_path: Path) -> None:

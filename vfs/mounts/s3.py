@@ -19,7 +19,9 @@ conditional write racing ours) is retried a few times. A commit whose answer was
 it, the connection broke) meets its own object when retried (412, or NoSuchUpload for a completed
 multipart upload): on those answers a HEAD tells ours apart, by the MD5 ETag of a single PUT or by a
 token the multipart upload wrote in its user metadata (`vfs-upload`), and ours is success; so is a
-directory marker holding the token of our `mkdir`.
+directory marker holding the token of our `mkdir`. The token is the same for every try of one commit
+of the same staged bytes, so a later try (or one after a restart) that finds the object an earlier
+one completed takes it as done instead of starting over into a conflict.
 
 Retries: botocore makes one attempt per call (its standard mode keeps a retry quota per client that
 failed calls drain, after which it silently stops retrying); `_call` retries throttling, 5xx,
@@ -133,6 +135,13 @@ def md5_of(path: str) -> str:
         while chunk := f.read(MIB):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def commit_token(source: str, stat: os.stat_result, meta: dict[str, str]) -> str:
+    """A multipart upload's token: the same for every try of one commit of the same bytes (even
+    after a restart), another once the source file changes."""
+    ident = f"{source}\0{stat.st_ino}\0{stat.st_size}\0{stat.st_mtime_ns}\0{sorted(meta.items())}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
 def error_code(exc: BaseException) -> str | None:
@@ -378,7 +387,8 @@ class S3Backend(WritableBackend):
     async def write_file(self, path: str, source: str, expected: str | None, mtime_ns: int | None = None) -> ObjectMeta:
         if not path or (expected is None and await self._is_prefix(path)):
             raise SiloError(errno.EISDIR, self._what(path))
-        size = (await self.run_sync(os.stat, source)).st_size
+        stat = await self.run_sync(os.stat, source)
+        size = stat.st_size
         mtime = time.time_ns() if mtime_ns is None else mtime_ns
         meta = {"mtime": mtime_text(mtime)}
         cond = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
@@ -392,18 +402,23 @@ class S3Backend(WritableBackend):
 
             resp = await self._commit(put, path, expected, same_bytes, Key=self._key(path), Metadata=meta, **cond)
         else:
-            resp = await self._multipart(path, source, size, expected, meta, cond)
+            resp = await self._multipart(path, source, stat, expected, meta, cond)
         return ObjectMeta(path, False, size, mtime, resp["ETag"])
 
-    async def _multipart(self, path: str, source: str, size: int, expected: str | None,
+    async def _multipart(self, path: str, source: str, stat: os.stat_result, expected: str | None,
                          meta: dict[str, str], cond: dict[str, str]) -> dict:
-        await self._check_version(path, expected)  # before sending gigabytes for nothing
+        size = stat.st_size
         key, part = self._key(path), self._part_size(size)
-        token = secrets.token_hex(12)
+        token = commit_token(source, stat, meta)
 
         async def same_upload(found: dict) -> bool:
             return found.get("Metadata", {}).get(UPLOAD_TOKEN) == token
 
+        found = await self._head_raw(path)  # before sending gigabytes for nothing
+        if found is not None and await same_upload(found):
+            return found  # an earlier try of this very commit completed; its answer was lost
+        if (found["ETag"] if found else None) != expected:
+            raise stale(self._what(path))
         created = await self._call(self.client.create_multipart_upload, path, Key=key,
                                    Metadata={**meta, UPLOAD_TOKEN: token}, **self.checksum)
         upload = created["UploadId"]
@@ -542,3 +557,8 @@ class S3Backend(WritableBackend):
                                CopySourceIfMatch=meta.version, MetadataDirective="REPLACE",
                                Metadata={**resp.get("Metadata", {}), "mtime": mtime_text(mtime_ns)}, **kept)
         return ObjectMeta(path, False, meta.size, mtime_ns, out["CopyObjectResult"]["ETag"])
+
+    async def probe(self) -> None:
+        """One real request (a listing of at most one key under the mount's prefix): whether the
+        silo answers, for the offline breaker (vfs/mounts/health.py)."""
+        await self._call(self.client.list_objects_v2, "", Prefix=self.prefix, MaxKeys=1)
