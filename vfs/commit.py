@@ -196,6 +196,15 @@ class Committer:
             log.warning("commit of %s%s failed (%s); trying again, %d file(s) waiting",
                         sf.mount.rstrip("/"), "/" + sf.path, exc, self.pending())
 
+    def retry_now(self) -> None:
+        """Make every commit whose last try failed due now (its silo is back); the backoff of each
+        stays as it was, so a silo that fails again is not hammered."""
+        now = trio.current_time()
+        for sf in self.staging.files.values():
+            if sf.pending and sf.failures and sf.due > now:
+                sf.due = now
+        self._wake.set()
+
     def pending(self) -> int:
         return sum(1 for sf in self.staging.files.values() if sf.pending)
 

@@ -7,6 +7,12 @@ for, rather than answering each child with a HEAD: an epoch that outlasts the TT
 one listing per directory per TTL.
 Misses are remembered for the mount's negative TTL. Concurrent questions about one path share one
 request (single-flight). Entries are bounded in number.
+
+Offline mode: expired entries are kept (until the LRU bound drops them), and while a silo cannot be
+reached (vfs/mounts/health.py, `[metadata] offline = "auto"`) a question whose answer expired is
+answered from them, listings and misses included; the kernel is told to keep such answers for
+`STALE_TTL` at most, so the silo's fresh answers show soon after it returns. What was never seen
+fails with the silo's error (EHOSTDOWN).
 """
 
 from __future__ import annotations
@@ -14,17 +20,20 @@ from __future__ import annotations
 import dataclasses
 import errno
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 import cachetools
 
 from vfs.mount_table import Mount
 from vfs.mounts.base import ObjectMeta, not_found
+from vfs.mounts.health import unreachable
 from vfs.singleflight import SingleFlight
 
 # Upper bounds on remembered entries: a 100k-file dataset's metadata is ~30 MB of Python objects.
 MAX_ENTRIES = 1_000_000
 MAX_LISTINGS = 20_000
+# Seconds the kernel may keep an answer served from an expired entry while the silo is offline.
+STALE_TTL = 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -37,6 +46,9 @@ class _Entry:
 class _Listing:
     children: dict[str, ObjectMeta]
     expires: float
+
+
+_E = TypeVar("_E", _Entry, _Listing)
 
 
 class MetadataCache:
@@ -89,12 +101,17 @@ class MetadataCache:
         entry = self._entries.get((mount.path, path))
         if entry is not None and entry.expires > now:
             return entry.expires - now
-        return self.listing_expires_in(mount, path.rpartition("/")[0]) if path else mount.ttl
+        return self.listing_expires_in(mount, path.rpartition("/")[0]) if path else self._unknown_ttl(mount)
 
     def listing_expires_in(self, mount: Mount, path: str) -> float:
         """Seconds until the listing of directory `path` expires."""
         listing = self._fresh_listing(mount, path)
-        return listing.expires - self.clock() if listing is not None else mount.ttl
+        return listing.expires - self.clock() if listing is not None else self._unknown_ttl(mount)
+
+    @staticmethod
+    def _unknown_ttl(mount: Mount) -> float:
+        """How long the kernel may keep an answer vfs holds no fresh entry for (stale while offline)."""
+        return min(mount.ttl, STALE_TTL) if mount.backend.health.serves_stale else mount.ttl
 
     def cached_listing(self, mount: Mount, path: str) -> dict[str, ObjectMeta] | None:
         """The children of directory `path` if a listing of it is fresh, without asking the silo."""
@@ -136,7 +153,12 @@ class MetadataCache:
             except OSError as exc:
                 if exc.errno == errno.ENOENT and mount.negative_ttl > 0:
                     self._entries[(mount.path, path)] = _Entry(None, self.clock() + mount.negative_ttl)
-                raise
+                stale = self._stale(mount, exc, self._entries.get((mount.path, path)))
+                if stale is None:
+                    raise
+                if stale.meta is None:
+                    raise not_found(f"{mount.path}: {path}") from exc
+                return stale.meta
             if mount.ttl > 0:
                 self._entries[(mount.path, path)] = _Entry(meta, self.clock() + mount.ttl)
             return meta
@@ -150,7 +172,14 @@ class MetadataCache:
             return listing.children
 
         async def ask() -> dict[str, ObjectMeta]:
-            children = {m.name: m for m in await mount.backend.list_dir(path)}
+            try:
+                found = await mount.backend.list_dir(path)
+            except OSError as exc:
+                stale = self._stale(mount, exc, self._listings.get((mount.path, path)))
+                if stale is None:
+                    raise
+                return stale.children
+            children = {m.name: m for m in found}
             if mount.ttl > 0:
                 expires = self.clock() + mount.ttl
                 self._listings[(mount.path, path)] = _Listing(children, expires)
@@ -159,4 +188,11 @@ class MetadataCache:
             return children
 
         return await self._list_flights.do((mount.path, path), ask)
+
+    @staticmethod
+    def _stale(mount: Mount, exc: OSError, kept: _E | None) -> _E | None:
+        """`kept` (an expired entry or listing) if it may answer for a silo that failed with `exc`."""
+        if kept is not None and unreachable(exc) and mount.backend.health.fail_fast:
+            return kept
+        return None
 

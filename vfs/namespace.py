@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -90,8 +91,12 @@ def _error(err: int, what: str) -> OSError:
 class Namespace:
     def __init__(self, table: MountTable, reader: Reader, default_ttl: float, metadata: MetadataCache | None = None,
                  opens: bool = True, staging: StagingArea | None = None, write_back_delay: float = 5.0,
-                 metrics: Registry | None = None) -> None:
+                 metrics: Registry | None = None, offline: str = "auto") -> None:
         self.table = table
+        for m in table.mounts:  # `[metadata] offline`: auto serves what is cached while a silo is down
+            m.backend.health.fail_fast = offline == "auto"
+            if self.committer_retry not in m.backend.health.returned:
+                m.backend.health.returned.append(self.committer_retry)
         self.opens = opens
         """False: files are opened by the kernel alone and `read` gets inode numbers (module doc)."""
         self.invalidate_kernel: Callable[[int], Awaitable[None]] | None = None
@@ -125,6 +130,14 @@ class Namespace:
         self.sweep.start(nursery)
         if self.committer is not None:
             nursery.start_soon(self.committer.run)
+        for m in self.table.mounts:  # each silo's breaker probes it while it is offline
+            probe = getattr(m.backend, "probe", None) or functools.partial(m.backend.list_dir, "")
+            nursery.start_soon(m.backend.health.watch, probe)
+
+    def committer_retry(self) -> None:
+        """A silo came back online: its failed uploads are tried again now, not after their backoff."""
+        if self.committer is not None:
+            self.committer.retry_now()
 
     # --- resolving paths -------------------------------------------------------------------------
 
@@ -370,6 +383,7 @@ class Namespace:
             self.committer.register(registry)
         for m in sorted(self.table.mounts, key=lambda m: m.path):
             m.backend.stats.register(registry, m.path, m.backend.describe())
+            m.backend.health.register(registry, m.path)
 
     def stats(self) -> dict[str, object]:
         """Everything `.vfs/stats` shows: the metrics registry's snapshot."""

@@ -23,6 +23,7 @@ Rules every implementation keeps (and the conformance suite in tests/ checks):
 from __future__ import annotations
 
 import abc
+import contextvars
 import dataclasses
 import errno
 import functools
@@ -32,6 +33,7 @@ from typing import Any, Callable, ClassVar, TypeVar
 import trio
 
 from vfs.errors import SiloError
+from vfs.mounts.health import Health
 from vfs.metrics import Counter, Histogram, Registry
 
 T = TypeVar("T")
@@ -158,6 +160,10 @@ class BackendStats:
             registry.counter(name, help, ("silo",), ("backends", "{silo}", stats)).attach((silo,), child)
 
 
+# The backend whose protocol call the current task is inside (nested calls report to its breaker once).
+_calling: contextvars.ContextVar[object] = contextvars.ContextVar("vfs_backend_call", default=None)
+
+
 def _counted(fn: Callable[..., Any]) -> Callable[..., Any]:
     """`fn` (a protocol method) counted in its backend's `stats`, once however often subclassed."""
     if getattr(fn, "_counted", False):
@@ -166,6 +172,16 @@ def _counted(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     async def counted(backend: "Backend", *args: Any, **kwargs: Any) -> Any:
+        # Offline mode (vfs/mounts/health.py): the outermost call of a silo fails at once while it is
+        # offline, and tells its breaker whether the silo answered.
+        outer = _calling.get() is not backend
+        if outer:
+            try:
+                backend.health.check()
+            except OSError as exc:
+                exc.silo = backend.describe()  # type: ignore[attr-defined]
+                raise
+        token = _calling.set(backend)
         stats = backend.stats
         start = time.perf_counter()
         try:
@@ -174,12 +190,17 @@ def _counted(fn: Callable[..., Any]) -> Callable[..., Any]:
             if exc.errno not in _ANSWERS:
                 stats.failed[op].inc()
             exc.silo = backend.describe()  # type: ignore[attr-defined]  # logs are rate-limited per silo
+            if outer:
+                backend.health.failed(exc)
             raise
         except Exception:
             stats.failed[op].inc()
             raise
         finally:
+            _calling.reset(token)
             stats.calls[op].observe(time.perf_counter() - start)
+        if outer:
+            backend.health.answered()
         if isinstance(out, bytes):
             stats.read.inc(len(out))
         elif op == "write_file":
@@ -209,6 +230,8 @@ class Backend(abc.ABC):
         self.options = options
         self.limiter = trio.CapacityLimiter(options.concurrency)
         self.stats = BackendStats()
+        self.health = Health(self.describe)
+        """Whether the silo can be reached (offline mode); told by the counting wrapper."""
 
     @classmethod
     def options_from_url(cls, url: str) -> dict[str, Any]:

@@ -504,3 +504,8 @@ class GCSBackend(WritableBackend):
 
         await move_dir(src, dst, target, replace=replace, limit=limit, what=self.describe(),
                        list_keys=list_keys, copy=copy, delete=delete, concurrency=self.o.concurrency)
+
+    async def probe(self) -> None:
+        """One real request (a listing of at most one key under the mount's prefix): whether the
+        silo answers, for the offline breaker (vfs/mounts/health.py)."""
+        await self._call(self._keys, "", self.prefix, 1)

@@ -242,3 +242,8 @@ class LocalBackend(WritableBackend):
 
     async def set_mtime(self, path: str, mtime_ns: int) -> ObjectMeta:
         return await self.run_sync(self._set_mtime, path, mtime_ns)
+
+    async def probe(self) -> None:
+        """A stat of the root (a network filesystem below it may hang or fail): whether the
+        directory answers, for the offline breaker (vfs/mounts/health.py)."""
+        await self.run_sync(self._stat, "")

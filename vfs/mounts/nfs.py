@@ -745,3 +745,8 @@ class NFSBackend(WritableBackend):
 
     async def aclose(self) -> None:
         await self.run_sync(self.pool.close)
+
+    async def probe(self) -> None:
+        """One real request (a stat of the export's root, on a fresh connection if none is open):
+        whether the server answers, for the offline breaker (vfs/mounts/health.py)."""
+        await self.run_sync(self.pool.call, lambda ctx: self._stat(ctx, ""))
