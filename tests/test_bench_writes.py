@@ -34,11 +34,17 @@ def rclone() -> str:
 
 def test_bench_writes_tiny_run(tmp_path: Path, rclone: str) -> None:
     name = f"test-writes-{os.getpid()}"
-    r = subprocess.run([str(ROOT / "scripts" / "bench"), "writes", "--scale", "0.01", "--runs", "1", "--skip-rclone",
-                        "--write-back-delay", "0.5", "--data-dir", str(tmp_path / "data"), "--name", name],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
-    out = r.stdout
-    assert r.returncode == 0, out + r.stderr[-4000:]
+    proc = subprocess.Popen([str(ROOT / "scripts" / "bench"), "writes", "--scale", "0.01", "--runs", "1",
+                             "--skip-rclone", "--write-back-delay", "0.5", "--land-timeout", "120",
+                             "--data-dir", str(tmp_path / "data"), "--name", name],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the benchmark unmounts and stops its servers on the way out
+        out, err = proc.communicate(timeout=120)
+        pytest.fail(f"scripts/bench writes did not finish in 600 s:\n{out}\n{err[-4000:]}")
+    assert proc.returncode == 0, out + err[-4000:]
     assert "FAILED" not in out
     assert "Targets" in out
     result = json.loads((ROOT / "bench" / "out" / f"{name}.json").read_text())
