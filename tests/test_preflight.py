@@ -185,3 +185,28 @@ def test_check_paths(tmp_path: Path) -> None:
     ]
     read_only = {**bad, "write": {"mode": "off", "staging_dir": str(tmp_path / "f")}, "cache": {}}
     assert [p.split(":")[1] for p in check_paths(parse(read_only, "c.toml"))] == [" mount #1 (/l).root"]
+
+
+@pytest.mark.kernel
+def test_vfs_mount_refuses_a_missing_bucket_and_mounts_past_an_unreachable_silo(moto: MotoS3, tmp_path: Path) -> None:
+    """Through `vfs mount`: a bucket that does not exist stops the mount in one line (nothing
+    mounted); a silo that cannot be reached only warns, and the mount comes up to serve what is cached."""
+    from tests.kernel import fuse_available, start_mount, stop_mount
+    from vfs.app import mounted_at
+
+    if fuse_available() is not None:
+        pytest.skip(str(fuse_available()))
+    with pytest.raises(RuntimeError) as refused:
+        start_mount(tmp_path, {"mount": [{"path": "/s3", **moto.options(bucket="absent")}]}, name="missing")
+    lines = [ln for ln in str(refused.value).splitlines() if ln.startswith("vfs:")]
+    assert len(lines) == 1 and "absent" in lines[0] and "/s3" in lines[0], str(refused.value)
+    assert "Traceback" not in str(refused.value)
+    assert mounted_at(str(tmp_path / "missing")) is None
+
+    closed = free_port()
+    down = {**moto.options(bucket=BUCKET), "endpoint_url": f"http://{HOST}:{closed}", "max_attempts": 1}
+    m = start_mount(tmp_path, {"mount": [{"path": "/s3", **down}]}, name="down")
+    try:
+        assert "mounting anyway" in m.log_text()
+    finally:
+        stop_mount(m)

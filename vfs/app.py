@@ -14,6 +14,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from vfs import preflight
 from vfs.cache.tiered import build_cache
 from vfs.config import Config, ConfigError
 from vfs.fuse_ops import FuseOps
@@ -99,7 +100,10 @@ def check_mountpoint(path: str) -> None:
             os.statvfs(path)  # a stat may come from the kernel's cache; statfs always asks the daemon
             raise MountError(f"{path}: already mounted ({fstype}); unmount it first with `vfs unmount {path}`")
     except FileNotFoundError:
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise MountError(f"{path}: cannot be created ({exc.strerror})") from None
         return
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
@@ -283,11 +287,24 @@ async def _serve_until_unmounted(ns: Namespace, mountpoint: str, read_ahead_kb: 
         await mount.backend.aclose()
 
 
+def check_silos(table: MountTable, offline: str) -> None:
+    """One bounded request at every silo's root before mounting. A bucket, export or folder that does
+    not exist is a mistake in the config: the mount stops, in one line. Refused credentials only warn
+    (the other silos serve; that mount's readers get EACCES), and so does a silo that cannot be reached
+    (offline mode serves what is cached) unless `[metadata] offline = "never"`."""
+    for p in trio.run(preflight.check_roots, table):
+        if p.errno in (errno.ENOENT, errno.ENOTDIR) or (offline == "never" and not p.lasting):
+            raise MountError(str(p))
+        log.warning("%s; mounting anyway: %s", p, "its readers get this error" if p.lasting
+                    else "what is cached is served until it answers")
+
+
 def run(config: Config, mountpoint: str) -> None:
     """Mount and serve in this process until told to stop."""
     check_mountpoint(mountpoint)
     mountpoint = os.path.realpath(mountpoint)  # resolved before mounting: afterwards a stat would ask us
     ns = build_namespace(config, mountpoint)
+    check_silos(ns.table, config.metadata.offline)
     pyfuse3.init(FuseOps(ns), mountpoint, fuse_options(config))
     log.info("mounted %s: %s", mountpoint, ", ".join(f"{m.path} <- {m.backend.describe()}" for m in ns.table.mounts))
     try:
