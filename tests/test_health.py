@@ -25,6 +25,7 @@ from tests.test_metadata import FakeClock
 from tests.test_namespace import names, walk
 from vfs.cache.tiered import build_cache
 from vfs.metadata import MetadataCache
+from vfs.metadata_store import MetadataStore
 from vfs.mount_table import Mount, MountTable
 from vfs.mounts import health
 from vfs.mounts.s3 import S3Backend
@@ -64,14 +65,15 @@ def silo(moto: MotoS3, proxy: FaultProxy) -> S3Backend:
     return moto.backend(BUCKET, "t", endpoint_url=proxy.url, max_attempts=2)
 
 
-def make_ns(backend: S3Backend, tmp: Path | None = None, offline: str = "auto") -> tuple[Namespace, FakeClock]:
+def make_ns(backend: S3Backend, tmp: Path | None = None, offline: str = "auto",
+            store: MetadataStore | None = None) -> tuple[Namespace, FakeClock]:
     clock = FakeClock()
     mode = "back" if tmp is not None else "off"
     table = MountTable([Mount("/s3", backend, TTL, TTL, write_mode=mode)])
     reader = Reader(build_cache(BS, 256 * BS, "lru", None, 0, "lru"))
     staging = StagingArea(str(tmp / "staging"), 1 << 30) if tmp is not None else None
     ns = Namespace(table, reader, default_ttl=TTL, metadata=MetadataCache(clock=clock), opens=False,
-                   staging=staging, write_back_delay=0.05, offline=offline)
+                   staging=staging, write_back_delay=0.05, offline=offline, metadata_store=store)
     return ns, clock
 
 
@@ -234,6 +236,42 @@ def test_offline_never_sends_every_call_to_the_silo(moto: MotoS3, proxy: FaultPr
         proxy.mode = "pass"
 
     run(main, ns)
+
+
+def test_a_namespace_started_while_the_silo_is_down_serves_what_an_earlier_run_saw(
+        moto: MotoS3, proxy: FaultProxy, tmp_path: Path) -> None:
+    path = tmp_path / "metadata" / "mnt.db"
+    ns, _ = make_ns(silo(moto, proxy), store=MetadataStore(str(path)))
+
+    async def first(ns: Namespace) -> None:
+        assert sorted(await names(ns, "/s3/hot")) == ["a.txt", "b.txt"]
+        await walk(ns, "/s3/cold/c.bin")
+        await ns.drain(1.0)  # at unmount: saved
+
+    run(first, ns)
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    proxy.mode = "refuse"
+    backend = silo(moto, proxy)
+    again, _ = make_ns(backend, store=MetadataStore(str(path)))
+
+    async def second(ns: Namespace) -> None:
+        assert sorted(await names(ns, "/s3/hot")) == ["a.txt", "b.txt"]  # refused, then served
+        assert not backend.health.online
+        assert (await walk(ns, "/s3/cold/c.bin")).size == 50_000
+        with pytest.raises(OSError) as missing:
+            await walk(ns, "/s3/hot/never.txt")
+        assert missing.value.errno == errno.ENOENT
+        with pytest.raises(OSError) as uncached:
+            await read_all(ns, "/s3/cold/c.bin")
+        assert uncached.value.errno == errno.EHOSTDOWN
+
+    run(second, again)
+    assert MetadataStore(str(path)).load(MetadataCache(), MountTable([Mount("/s3", backend, TTL, TTL)])) > 0
+    other = moto.backend(BUCKET, "elsewhere", endpoint_url=proxy.url)  # /s3 pointed at another silo since
+    assert MetadataStore(str(path)).load(MetadataCache(), MountTable([Mount("/s3", other, TTL, TTL)])) == 0
+    path.write_bytes(b"not a database" * 100)  # damaged: removed, never fatal
+    assert MetadataStore(str(path)).load(MetadataCache(), MountTable([Mount("/s3", backend, TTL, TTL)])) == 0
+    assert not path.exists()
 
 
 @pytest.mark.xfail(strict=True, reason="gdrive.py translate() maps ConnectionRefusedError (an OSError) to EIO: "

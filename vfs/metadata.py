@@ -95,6 +95,21 @@ class MetadataCache:
                 cache.pop(key, None)
         self._listings.pop((mount.path, path.rpartition("/")[0]), None)
 
+    def known(self) -> tuple[list[tuple[str, ObjectMeta]], list[tuple[str, str, list[ObjectMeta]]]]:
+        """Everything known (expired or not, misses left out): (mount path, metadata) of each entry,
+        (mount path, directory, children) of each listing; for vfs/metadata_store.py."""
+        entries = [(mount, e.meta) for (mount, _), e in self._entries.items() if e.meta is not None]
+        listings = [(mount, path, list(listing.children.values())) for (mount, path), listing in self._listings.items()]
+        return entries, listings
+
+    def restore(self, mount: Mount, meta: ObjectMeta) -> None:
+        """Remember `meta` from an earlier run, expired: it answers only while the silo is offline."""
+        self._entries.setdefault((mount.path, meta.path), _Entry(meta, float("-inf")))
+
+    def restore_listing(self, mount: Mount, path: str, children: list[ObjectMeta]) -> None:
+        """Remember a listing from an earlier run, expired (as `restore`)."""
+        self._listings.setdefault((mount.path, path), _Listing({m.name: m for m in children}, float("-inf")))
+
     def expires_in(self, mount: Mount, path: str) -> float:
         """Seconds until what is known of `path` expires (what the kernel may keep it for)."""
         now = self.clock()

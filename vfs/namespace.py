@@ -40,6 +40,7 @@ from vfs.control import CONTROL_DIR, STATS_FILE, ControlFiles
 from vfs.inodes import Inode, InodeTable
 from vfs.metrics import Registry
 from vfs.metadata import MetadataCache
+from vfs.metadata_store import MetadataStore
 from vfs.mount_table import Mount, MountTable, child_of, parent_of
 from vfs.mounts.base import ObjectMeta, WritableBackend
 from vfs.open_files import OpenFiles
@@ -91,7 +92,8 @@ def _error(err: int, what: str) -> OSError:
 class Namespace:
     def __init__(self, table: MountTable, reader: Reader, default_ttl: float, metadata: MetadataCache | None = None,
                  opens: bool = True, staging: StagingArea | None = None, write_back_delay: float = 5.0,
-                 metrics: Registry | None = None, offline: str = "auto") -> None:
+                 metrics: Registry | None = None, offline: str = "auto",
+                 metadata_store: MetadataStore | None = None) -> None:
         self.table = table
         for m in table.mounts:  # `[metadata] offline`: auto serves what is cached while a silo is down
             m.backend.health.fail_fast = offline == "auto"
@@ -113,6 +115,10 @@ class Namespace:
         self.default_ttl = default_ttl
         self.inodes = InodeTable()
         self.meta = metadata or MetadataCache()
+        self.metadata_store = metadata_store
+        """Listings and attributes kept on disk across runs (served while a silo is offline)."""
+        if metadata_store is not None:
+            metadata_store.load(self.meta, table)
         self.walk = WalkAhead(table, self.meta)
         self.sweep = Sweep(self.meta, reader)
         self._dirs: dict[int, DirHandle] = {}
@@ -130,6 +136,8 @@ class Namespace:
         self.sweep.start(nursery)
         if self.committer is not None:
             nursery.start_soon(self.committer.run)
+        if self.metadata_store is not None:
+            nursery.start_soon(self.metadata_store.run, self.meta, self.table)
         for m in self.table.mounts:  # each silo's breaker probes it while it is offline
             probe = getattr(m.backend, "probe", None) or functools.partial(m.backend.list_dir, "")
             nursery.start_soon(m.backend.health.watch, probe)
@@ -691,7 +699,9 @@ class Namespace:
         self.inodes.rename(src, dst)
 
     async def drain(self, timeout: float) -> int:
-        """At unmount: commit what is pending, for at most `timeout` seconds; how many are left."""
-        if self.committer is None:
-            return 0
-        return await self.committer.drain(timeout)
+        """At unmount: commit what is pending, for at most `timeout` seconds; how many are left. Then
+        the metadata is saved (commits change it)."""
+        left = await self.committer.drain(timeout) if self.committer is not None else 0
+        if self.metadata_store is not None:
+            await self.metadata_store.save(self.meta, self.table)
+        return left
