@@ -13,8 +13,8 @@ Faults (`KINDS`), chosen at a seeded random `rate` or queued on command (`inject
 
 Modes, switchable at runtime: "pass" (the default), "refuse" (the listening socket is closed and open
 connections are reset, so connects are refused: a silo that is down; "pass" listens again on the same
-port), "reset" (every connection is accepted and reset at once; each counts in `connections`, so a test
-can count the tries of a client that cannot reach the silo).
+port), "reset" (every request is reset once its head is read, and counted: a silo that answers nothing;
+a test counts the tries of a client).
 
 Counters: `requests` (request heads read), `faults` (per kind), `connections`. `Expect: 100-continue`
 is answered by the proxy itself and not passed on (botocore does not sign it). Every thread the
@@ -256,7 +256,7 @@ class FaultProxy:
                 continue
             with self._lock:
                 self.connections += 1
-                if self._mode == "reset" or self._stop.is_set():
+                if self._stop.is_set():
                     _reset(conn)
                     continue
                 self._conns.add(conn)
@@ -269,6 +269,9 @@ class FaultProxy:
     def _decide(self, line: str) -> str | None:
         with self._lock:
             self.requests += 1
+            if self._mode == "reset":
+                self.faults["reset_before"] += 1
+                return "reset_before"
             for order in self._orders:
                 if order.match is None or order.match.search(line):
                     order.times -= 1

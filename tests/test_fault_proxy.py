@@ -121,11 +121,11 @@ def test_refuse_then_pass_on_the_same_port_and_reset_mode(upstream: str) -> None
         proxy.mode = "pass"
         assert proxy.port == port and request(proxy, "GET", "/back")[0] == 200
         proxy.mode = "reset"
-        before = proxy.connections
+        before = proxy.requests
         for _ in range(3):
             with pytest.raises((ConnectionError, http.client.HTTPException)):
                 request(proxy, "GET", "/gone")
-        assert proxy.connections - before == 3
+        assert proxy.requests - before == 3 and "/gone" not in [path for _, path, _ in _Handler.seen]
     assert not [t for t in threading.enumerate() if t.name.startswith("fault-proxy")]
 
 

@@ -195,15 +195,16 @@ def test_a_down_silo_is_retried_with_backoff(moto: MotoS3, proxy: FaultProxy, tm
     files = {f"h{i}.txt": f"file {i}".encode() for i in range(5)}
     with vfs_mount(tmp_path, config(moto, proxy, "back", "backoff", max_attempts=2)) as m:
         os.listdir(m.path / "s3")
-        proxy.mode = "reset"  # every connection is accepted and reset: each try is counted
-        _, _, before = proxy.snapshot()
+        proxy.mode = "reset"  # every request is reset once its head is read: each try is counted
+        before = proxy.requests
         for name, data in files.items():
             (m.path / "s3" / name).write_bytes(data)
         time.sleep(20)
-        tries = proxy.snapshot()[2] - before
+        tries = proxy.requests - before
         proxy.mode = "pass"
     assert_clean_log(m)  # the unmount drained what was pending
-    print(f"\nsilo down 20 s: {tries} connections for {len(files)} files (at most 2 per commit try)")
+    print(f"\nsilo resetting every request for 20 s: {tries} requests for {len(files)} files "
+          f"(2 per commit try)")
     assert 0 < tries <= len(files) * 8 * 2
     assert not lost_files(moto, "backoff", files)
 
