@@ -293,3 +293,34 @@ def test_an_expired_listing_is_listed_again_instead_of_a_stat_per_child() -> Non
         assert backend.requests == 2
 
     trio.run(main)
+
+
+def test_names_asked_about_often_in_an_unlisted_directory_list_it_once() -> None:
+    """`cp -r` into a directory asks about every new name first: after LIST_AFTER questions one listing
+    answers the rest, and what vfs creates there joins it, so a copy costs no request per name."""
+    from vfs.metadata import LIST_AFTER
+
+    backend, mount, meta, clock = setup()
+    backend.put("dst/old", b"x")
+
+    async def main() -> None:
+        for i in range(LIST_AFTER - 1):  # a few questions: each asked of the silo
+            with pytest.raises(OSError):
+                await meta.stat(mount, f"dst/new{i}")
+        asked = backend.requests
+        assert asked >= LIST_AFTER - 1
+        for i in range(LIST_AFTER - 1, 50):
+            with pytest.raises(OSError) as info:
+                await meta.stat(mount, f"dst/new{i}")
+            assert info.value.errno == errno.ENOENT
+            meta.learned(mount, ObjectMeta(f"dst/new{i}", False, 1, version="v"))  # vfs created it
+            assert (await meta.stat(mount, f"dst/new{i}")).size == 1
+        assert (await meta.stat(mount, "dst/old")).size == 1
+        assert backend.requests == asked + 1  # one listing
+        clock.advance(11)  # the count restarts after a TTL: a rare question is not a listing
+        backend.put("other/a", b"x")
+        before = backend.requests
+        await meta.stat(mount, "other/a")
+        assert backend.requests == before + 1
+
+    trio.run(main)

@@ -4,7 +4,9 @@ A directory listing fills the metadata of every child, so `ls -l` and a DataLoad
 one listing, not one HEAD per file. A fresh listing also answers "no such name" for its directory.
 A directory that was listed once is listed again when its listing expires and a child is asked
 for, rather than answering each child with a HEAD: an epoch that outlasts the TTL still costs
-one listing per directory per TTL.
+one listing per directory per TTL. A directory whose names are asked about `LIST_AFTER` times
+before it was ever listed (`cp -r` into it asks about each new name) is listed then, and the
+listing answers the rest; what vfs creates there is added to it (`learned`).
 Misses are remembered for the mount's negative TTL. Concurrent questions about one path share one
 request (single-flight). Entries are bounded in number.
 
@@ -32,6 +34,8 @@ from vfs.singleflight import SingleFlight
 # Upper bounds on remembered entries: a 100k-file dataset's metadata is ~30 MB of Python objects.
 MAX_ENTRIES = 1_000_000
 MAX_LISTINGS = 20_000
+# Questions about names in one directory not listed yet after which the directory is listed instead.
+LIST_AFTER = 3
 # Seconds the kernel may keep an answer served from an expired entry while the silo is offline.
 STALE_TTL = 1.0
 
@@ -58,6 +62,8 @@ class MetadataCache:
         self._listings: cachetools.LRUCache[tuple[str, str], _Listing] = cachetools.LRUCache(MAX_LISTINGS)
         self._stat_flights: SingleFlight[tuple[str, str], ObjectMeta] = SingleFlight()
         self._list_flights: SingleFlight[tuple[str, str], dict[str, ObjectMeta]] = SingleFlight()
+        self._asked: cachetools.LRUCache[tuple[str, str], tuple[int, float]] = cachetools.LRUCache(MAX_LISTINGS)
+        """Directories not listed yet: how often their names were asked about, since when."""
 
     def invalidate(self, mount: Mount, path: str) -> None:
         """Forget what is known of `path` and of the listing that holds it."""
@@ -150,7 +156,8 @@ class MetadataCache:
         if path:
             parent, _, name = path.rpartition("/")
             listing = self._fresh_listing(mount, parent)
-            if listing is None and (mount.path, parent) in self._listings:  # listed before, expired
+            if listing is None and ((mount.path, parent) in self._listings  # listed before, expired
+                                    or self._asked_often(mount, parent)):
                 try:
                     children: dict[str, ObjectMeta] | None = await self.list_dir(mount, parent)
                 except OSError:
@@ -179,6 +186,20 @@ class MetadataCache:
             return meta
 
         return await self._stat_flights.do((mount.path, path), ask)
+
+    def _asked_often(self, mount: Mount, parent: str) -> bool:
+        """Whether names in `parent` (not listed yet) were asked about `LIST_AFTER` times within a TTL:
+        then one listing answers them and the names to come (`cp -r` into a directory asks about every
+        new name before creating it), instead of a request per name."""
+        if mount.ttl <= 0:
+            return False
+        key = (mount.path, parent)
+        now = self.clock()
+        count, since = self._asked.get(key, (0, now))
+        if now - since > mount.ttl:
+            count, since = 0, now
+        self._asked[key] = (count + 1, since)
+        return count + 1 >= LIST_AFTER
 
     async def list_dir(self, mount: Mount, path: str) -> dict[str, ObjectMeta]:
         """Children of a backend directory by name, each child's metadata remembered too."""
