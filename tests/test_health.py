@@ -166,8 +166,7 @@ def test_the_probe_is_a_real_request_at_growing_intervals(moto: MotoS3, proxy: F
         await trio.sleep(outage)
         assert not backend.health.online  # every probe was refused
         probes = int(backend.health.probes.value)
-        print(f"\nsilo refused for {outage:.0f} s: {probes} probes, {backend.stats.retries} retries "
-              f"(max_attempts=2: {probes * 2} connection attempts at most)")
+        print(f"\nsilo refused for {outage:.0f} s: {probes} probes of one request each")
         assert 1 <= probes <= 3  # at 1 and 3 s: at most 2 on time, one more on a slow box
         proxy.mode = "pass"
         await until(lambda: backend.health.online, "the breaker to see the silo back", 2 * health.PROBE_MAX + WAIT)
@@ -191,6 +190,32 @@ def test_errors_of_a_live_server_are_no_outage(moto: MotoS3, proxy: FaultProxy) 
         assert backend.health.last_error == ""
 
     trio.run(main)
+
+
+def test_a_timeout_takes_the_silo_offline_only_if_the_probe_times_out_too(moto: MotoS3, proxy: FaultProxy,
+                                                                          fast_probes: None) -> None:
+    backend = moto.backend(BUCKET, "t", endpoint_url=proxy.url, max_attempts=1, read_timeout=1.0)
+    ns, _ = make_ns(backend)
+    proxy.stall = 3.0
+
+    async def main(ns: Namespace) -> None:
+        proxy.inject("stall", match=r"^GET [^ ]*list-type=2")  # one slow answer
+        with pytest.raises(OSError) as slow:
+            await backend.list_dir("hot")  # one LIST request
+        assert slow.value.errno == errno.ETIMEDOUT
+        await until(lambda: backend.health.probes.value >= 1, "the probe after a timeout")
+        with trio.move_on_after(2.0):
+            await until(lambda: not backend.health.online, "")
+        assert backend.health.online  # the probe was answered: no outage
+        proxy.set_faults(1.0, ("stall",))  # every request stalls: a black hole
+        with pytest.raises(OSError):
+            await backend.stat("hot/a.txt")
+        await until(lambda: not backend.health.online, "the probe to time out too")
+        assert "ETIMEDOUT" in backend.health.last_error
+        proxy.set_faults(0.0)
+        await until(lambda: backend.health.online, "the breaker to see the silo back")
+
+    run(main, ns)
 
 
 def test_back_writes_during_an_outage_are_due_at_once_on_return(moto: MotoS3, proxy: FaultProxy,

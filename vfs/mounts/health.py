@@ -2,8 +2,9 @@
 
 Every call of the backend protocol passes through `Backend`'s counting wrapper, which tells the
 silo's `Health` how it went (`failed`, `answered`) and asks it first (`check`). A call that fails
-because the silo cannot be reached (connection refused, host or network unreachable, DNS failure,
-timeout: `UNREACHABLE`) takes the silo offline; an answer of any kind, an error from a live server
+because the silo cannot be reached (connection refused, host or network unreachable, DNS failure:
+`UNREACHABLE`) takes the silo offline; a timeout (ETIMEDOUT: a silo gone, or one slow answer) has
+the probe sent at once, and takes the silo offline only if the probe fails too; an answer of any kind, an error from a live server
 (ENOENT, 403, 503) included, means it is online. While it is offline (and `[metadata] offline` is
 "auto": `fail_fast`), calls fail at once with EHOSTDOWN instead of each waiting for its own timeout;
 what vfs has cached is served by the layers above (vfs/metadata.py for listings and attributes, the
@@ -65,7 +66,8 @@ class Health:
         """Calls failed at once (EHOSTDOWN) because the silo was offline: no request sent."""
         self.probes = Counter()
         """Probes sent to an offline silo."""
-        self._down = trio.Event()
+        self._wake = trio.Event()
+        """Set when the silo goes offline, or a call timed out (the probe decides)."""
 
     @property
     def serves_stale(self) -> bool:
@@ -92,11 +94,15 @@ class Health:
             return
         assert isinstance(exc, OSError)
         self.last_error = f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror or exc}"
-        if self.online:
-            self.online, self.offline_since = False, time.time()
-            log.warning("%s: offline (%s); serving what is cached, retrying in the background",
-                        self._describe(), self.last_error)
-            self._down.set()
+        if not self.online:
+            return
+        if exc.errno == errno.ETIMEDOUT and not _probing.get():
+            self._wake.set()  # one slow answer, or a silo gone: the probe, sent now, tells
+            return
+        self.online, self.offline_since = False, time.time()
+        log.warning("%s: offline (%s); serving what is cached, retrying in the background",
+                    self._describe(), self.last_error)
+        self._wake.set()
 
     def answered(self) -> None:
         """The silo answered a call: it is online."""
@@ -104,18 +110,20 @@ class Health:
             return
         log.warning("%s: back online after %.0f s offline", self._describe(), self.offline_seconds())
         self.online, self.offline_since = True, None
-        self._down = trio.Event()
         for callback in self.returned:
             callback()
 
     # --- the background probe ---------------------------------------------------------------------
 
     async def watch(self, probe: Callable[[], Awaitable[object]]) -> None:
-        """Forever: while the silo is offline, send `probe` (one real request) at growing intervals
-        until it answers."""
+        """Forever: after a timeout, send `probe` (one real request) at once; while the silo is
+        offline, at growing intervals until it answers."""
         _probing.set(True)
         while True:
-            await self._down.wait()
+            await self._wake.wait()
+            self._wake = trio.Event()
+            if self.online:  # a call timed out
+                await self._probe(probe)
             delay = PROBE_FIRST
             while not self.online:
                 await trio.sleep(delay)

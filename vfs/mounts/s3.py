@@ -559,6 +559,9 @@ class S3Backend(WritableBackend):
         return ObjectMeta(path, False, meta.size, mtime_ns, out["CopyObjectResult"]["ETag"])
 
     async def probe(self) -> None:
-        """One real request (a listing of at most one key under the mount's prefix): whether the
-        silo answers, for the offline breaker (vfs/mounts/health.py)."""
-        await self._call(self.client.list_objects_v2, "", Prefix=self.prefix, MaxKeys=1)
+        """One real request, not retried (a listing of at most one key under the mount's prefix):
+        whether the silo answers, for the offline breaker (vfs/mounts/health.py) and preflight."""
+        try:
+            await self.run_sync(self.client.list_objects_v2, Bucket=self.o.bucket, Prefix=self.prefix, MaxKeys=1)
+        except Exception as exc:  # translated once, here
+            raise translate(exc, self.describe()) from exc
