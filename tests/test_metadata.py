@@ -324,3 +324,59 @@ def test_names_asked_about_often_in_an_unlisted_directory_list_it_once() -> None
         assert backend.requests == before + 1
 
     trio.run(main)
+
+
+def test_an_answer_asked_for_before_a_change_of_its_directory_is_not_kept() -> None:
+    """A listing (or a stat) in flight while vfs commits a file there must not hide the new file
+    for a TTL when it lands after the commit."""
+    class AnswersThenWaits(SlowMemory):  # the silo answered; the answer is still on its way
+        async def list_dir(self, path: str) -> list[ObjectMeta]:
+            found = await MemoryBackend.list_dir(self, path)
+            await self._pause()
+            return found
+
+        async def stat(self, path: str) -> ObjectMeta:
+            try:
+                found = await MemoryBackend.stat(self, path)
+            except OSError:
+                await self._pause()
+                raise
+            await self._pause()
+            return found
+
+    backend = AnswersThenWaits()
+    mount, meta = Mount("/m", backend, 10.0, 2.0), MetadataCache(clock=FakeClock())
+    backend.put("d/old", b"x")
+    backend.put("e/x", b"x")
+
+    async def missing(path: str) -> None:
+        with pytest.raises(OSError):  # the silo's answer: not there yet
+            await meta.stat(mount, path)
+
+    async def main() -> None:
+        backend.gate = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(meta.list_dir, mount, "d")
+            nursery.start_soon(missing, "d/new")
+            await trio.testing.wait_all_tasks_blocked()
+            backend.put("d/new", b"yy")
+            meta.learned(mount, ObjectMeta("d/new", False, 2, version="v2"))  # a commit landed meanwhile
+            backend.gate.set()
+        backend.gate = None
+        asked = backend.requests
+        assert (await meta.stat(mount, "d/new")).size == 2
+        assert "new" in await meta.list_dir(mount, "d")
+        assert backend.requests == asked  # the raced listing was kept, with the commit applied
+        meta.removed(mount, "d/old")  # a delete racing a listing: that listing is not kept
+        backend.gate = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(meta.list_dir, mount, "e")
+            await trio.testing.wait_all_tasks_blocked()
+            meta.invalidate_tree(mount, "e")
+            backend.gate.set()
+        backend.gate = None
+        asked = backend.requests
+        await meta.list_dir(mount, "e")
+        assert backend.requests == asked + 1
+
+    trio.run(main)

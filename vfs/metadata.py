@@ -34,6 +34,8 @@ from vfs.singleflight import SingleFlight
 # Upper bounds on remembered entries: a 100k-file dataset's metadata is ~30 MB of Python objects.
 MAX_ENTRIES = 1_000_000
 MAX_LISTINGS = 20_000
+# Names per directory whose creation or removal by vfs is remembered for listings that race them.
+MAX_MADE = 1000
 # Questions about names in one directory not listed yet after which the directory is listed instead.
 LIST_AFTER = 3
 # Seconds the kernel may keep an answer served from an expired entry while the silo is offline.
@@ -62,17 +64,54 @@ class MetadataCache:
         self._listings: cachetools.LRUCache[tuple[str, str], _Listing] = cachetools.LRUCache(MAX_LISTINGS)
         self._stat_flights: SingleFlight[tuple[str, str], ObjectMeta] = SingleFlight()
         self._list_flights: SingleFlight[tuple[str, str], dict[str, ObjectMeta]] = SingleFlight()
+        self._changed: cachetools.LRUCache[tuple[str, str], int] = cachetools.LRUCache(MAX_LISTINGS)
+        """Directories vfs changed (`learned`, `removed`, `invalidate*`): the sequence number of the
+        last change. An answer asked for before a change of its directory is not stored: it may
+        predate the change (a listing taken before a commit landed would hide the new file)."""
+        self._seq = 0
+        self._invalidated: cachetools.LRUCache[tuple[str, str], int] = cachetools.LRUCache(MAX_LISTINGS)
+        self._made: cachetools.LRUCache[tuple[str, str], dict[str, tuple[int, ObjectMeta | None]]] = \
+            cachetools.LRUCache(MAX_LISTINGS)
+        """Per directory, what vfs itself made or removed there lately (name -> (sequence, metadata or
+        None)): a listing that raced those changes is stored with them applied."""
         self._asked: cachetools.LRUCache[tuple[str, str], tuple[int, float]] = cachetools.LRUCache(MAX_LISTINGS)
         """Directories not listed yet: how often their names were asked about, since when."""
 
+    def _bump(self, mount: Mount, *dirs: str, invalidated: bool = True) -> None:
+        for d in dirs:
+            self._seq += 1
+            self._changed[(mount.path, d)] = self._seq
+            if invalidated:
+                self._invalidated[(mount.path, d)] = self._seq
+
+    def _mark(self, mount: Mount, directory: str) -> int:
+        return self._changed.get((mount.path, directory), 0)
+
+    def _made_here(self, mount: Mount, path: str, meta: ObjectMeta | None) -> None:
+        parent, _, name = path.rpartition("/")
+        self._bump(mount, parent, invalidated=False)
+        made = self._made.setdefault((mount.path, parent), {})
+        made[name] = (self._seq, meta)
+        if len(made) > MAX_MADE:
+            del made[next(iter(made))]
+
+    def _since(self, mount: Mount, directory: str, mark: int) -> dict[str, ObjectMeta | None] | None:
+        """What vfs made or removed in `directory` after `mark`; None if it changed in other ways too
+        (an invalidation: nothing raced can be kept)."""
+        if self._invalidated.get((mount.path, directory), 0) > mark:
+            return None
+        return {name: meta for name, (seq, meta) in self._made.get((mount.path, directory), {}).items() if seq > mark}
+
     def invalidate(self, mount: Mount, path: str) -> None:
         """Forget what is known of `path` and of the listing that holds it."""
+        self._bump(mount, path, path.rpartition("/")[0])
         self._entries.pop((mount.path, path), None)
         self._listings.pop((mount.path, path), None)
         self._listings.pop((mount.path, path.rpartition("/")[0]), None)
 
     def learned(self, mount: Mount, meta: ObjectMeta) -> None:
         """vfs itself made `meta` so (a commit, a mkdir): remember it, and in a fresh parent listing."""
+        self._made_here(mount, meta.path, meta)
         if mount.ttl <= 0:
             return
         self._entries[(mount.path, meta.path)] = _Entry(meta, self.clock() + mount.ttl)
@@ -90,12 +129,15 @@ class MetadataCache:
             children = dict(listing.children)
             del children[name]
             self._listings[(mount.path, parent)] = _Listing(children, listing.expires)
+        self._made_here(mount, path, None)
         if mount.negative_ttl > 0:
             self._entries[(mount.path, path)] = _Entry(None, self.clock() + mount.negative_ttl)
 
     def invalidate_tree(self, mount: Mount, path: str) -> None:
         """Forget `path`, everything below it and the listing that holds it (a rename, an rmdir)."""
         prefix = path + "/" if path else ""
+        below = [k[1] for k in self._changed if k[0] == mount.path and k[1].startswith(prefix)]
+        self._bump(mount, path, path.rpartition("/")[0], *below)
         for cache in (self._entries, self._listings):
             for key in [k for k in cache if k[0] == mount.path and (k[1] == path or k[1].startswith(prefix))]:
                 cache.pop(key, None)
@@ -170,10 +212,12 @@ class MetadataCache:
                 raise not_found(f"{mount.path}: {path}")
 
         async def ask() -> ObjectMeta:
+            mark = self._mark(mount, path.rpartition("/")[0])
             try:
                 meta = await mount.backend.stat(path)
             except OSError as exc:
-                if exc.errno == errno.ENOENT and mount.negative_ttl > 0:
+                if (exc.errno == errno.ENOENT and mount.negative_ttl > 0
+                        and self._mark(mount, path.rpartition("/")[0]) == mark):
                     self._entries[(mount.path, path)] = _Entry(None, self.clock() + mount.negative_ttl)
                 stale = self._stale(mount, exc, self._entries.get((mount.path, path)))
                 if stale is None:
@@ -181,7 +225,7 @@ class MetadataCache:
                 if stale.meta is None:
                     raise not_found(f"{mount.path}: {path}") from exc
                 return stale.meta
-            if mount.ttl > 0:
+            if mount.ttl > 0 and self._mark(mount, path.rpartition("/")[0]) == mark:
                 self._entries[(mount.path, path)] = _Entry(meta, self.clock() + mount.ttl)
             return meta
 
@@ -208,6 +252,7 @@ class MetadataCache:
             return listing.children
 
         async def ask() -> dict[str, ObjectMeta]:
+            mark = self._mark(mount, path)
             try:
                 found = await mount.backend.list_dir(path)
             except OSError as exc:
@@ -216,7 +261,14 @@ class MetadataCache:
                     raise
                 return stale.children
             children = {m.name: m for m in found}
-            if mount.ttl > 0:
+            raced = self._since(mount, path, mark) if self._mark(mount, path) != mark else {}
+            if raced:  # vfs made or removed names here while the silo answered: theirs are newer
+                for name, made in raced.items():
+                    if made is None:
+                        children.pop(name, None)
+                    else:
+                        children[name] = made
+            if mount.ttl > 0 and raced is not None:
                 expires = self.clock() + mount.ttl
                 self._listings[(mount.path, path)] = _Listing(children, expires)
                 for meta in children.values():
