@@ -506,6 +506,11 @@ class GCSBackend(WritableBackend):
                        list_keys=list_keys, copy=copy, delete=delete, concurrency=self.o.concurrency)
 
     async def probe(self) -> None:
-        """One real request (a listing of at most one key under the mount's prefix): whether the
-        silo answers, for the offline breaker (vfs/mounts/health.py)."""
-        await self._call(self._keys, "", self.prefix, 1)
+        """One real request, not retried (a listing of at most one key under the mount's prefix):
+        whether the silo answers, for the offline breaker (vfs/mounts/health.py) and preflight."""
+        def one() -> None:
+            blobs = self._bucket_handle().list_blobs(prefix=self.prefix or None, max_results=1, fields=KEY_FIELDS,
+                                                     timeout=self.timeout, retry=None)
+            next(iter(blobs), None)
+
+        await self._call(one, "")
