@@ -244,6 +244,30 @@ def test_back_writes_during_an_outage_are_due_at_once_on_return(moto: MotoS3, pr
     run(main, ns)
 
 
+def test_an_unmount_while_the_silo_is_down_does_not_wait_for_it(moto: MotoS3, proxy: FaultProxy,
+                                                                tmp_path: Path) -> None:
+    backend = silo(moto, proxy)
+    ns, _ = make_ns(backend, tmp_path)
+
+    async def main(ns: Namespace) -> None:
+        top = await walk(ns, "/s3/cold")
+        await names(ns, "/s3/cold")
+        proxy.mode = "refuse"
+        with pytest.raises(OSError):
+            await backend.stat("cold/c.bin")
+        fh, _ = await ns.create(top.ino, "u.txt", 0)
+        await ns.write(fh, 0, b"kept for the next mount")
+        await ns.flush(fh)
+        start = time.monotonic()
+        with trio.fail_after(30):  # far below the drain timeout given
+            left = await ns.drain(600.0)
+        print(f"\nunmount with the silo down: drain returned after {time.monotonic() - start:.2f} s, {left} left")
+        assert left == 1 and ns.staging is not None and len(ns.staging.files) == 1  # journaled, kept
+        proxy.mode = "pass"
+
+    run(main, ns)
+
+
 def test_offline_never_sends_every_call_to_the_silo(moto: MotoS3, proxy: FaultProxy) -> None:
     backend = silo(moto, proxy)
     ns, clock = make_ns(backend, offline="never")

@@ -237,6 +237,12 @@ class Committer:
                 sf.due = 0.0
         self._wake.set()
         with trio.move_on_after(timeout):
-            while self.pending():
+            while self.pending() and not self._all_offline():
                 await self.wait_settled()
         return self.pending()
+
+    def _all_offline(self) -> bool:
+        """Whether every pending file waits for a silo that is offline (its commits fail at once):
+        an unmount then waits for nothing; the journal keeps them for the next mount."""
+        mounts = {sf.mount for sf in self.staging.files.values() if sf.pending}
+        return all(m in self.table.by_path and self.table.by_path[m].backend.health.serves_stale for m in mounts)
