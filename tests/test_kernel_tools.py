@@ -8,9 +8,8 @@ Also the write paths these tools lean on: fsync again and again on one open file
 (each fsync puts exactly the bytes so far on the silo), writes while a commit of the same file runs
 (they go to one copy of the staged file, and no data file stays in the staging directory once all is
 committed), closes of one file from eight threads at once (journal records written concurrently),
-and fallocate(2), which FUSE answers EOPNOTSUPP for (vfs has no fallocate handler). Two known bugs
-are strict xfails: a write in flight when its file's commit ends (EBADF), and git's lock-file rename
-over a file whose commit is under way (the older bytes win).
+and fallocate(2), which FUSE answers EOPNOTSUPP for (vfs has no fallocate handler). A known bug is
+a strict xfail: git's lock-file rename over a file whose commit is under way (the older bytes win).
 """
 
 from __future__ import annotations
@@ -411,13 +410,7 @@ def test_fallocate_is_eopnotsupp(mnt: tuple[VfsMount, str]) -> None:
     assert read_file(path) == b"x" + b"\0" * 8191
 
 
-@pytest.mark.parametrize("mode", [
-    "back",
-    pytest.param("through", marks=pytest.mark.xfail(strict=True, reason=(
-        "a write in flight when a commit of its file ends: the commit finds the file clean (the write "
-        "bumps the generation only after its pwrite) and drops it, closing the fd: EBADF or a lost "
-        "write (vfs/staging.py write(), vfs/commit.py _commit()); see the report"))),
-])
+@pytest.mark.parametrize("mode", ["back", "through"])
 def test_closes_of_one_file_from_many_threads(mode: str, moto: MotoS3, tmp_path: Path) -> None:
     """Eight threads write and close one file over and over. Mode back: every close writes the
     file's journal record, concurrently (two record writes of one file once raced on one temporary

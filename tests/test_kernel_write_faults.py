@@ -142,8 +142,6 @@ def test_mode_through_close_succeeds_with_the_bytes_or_fails_and_they_follow(mot
     assert not [k for k in silo_keys(moto, "through") if ".conflict-" in k]
 
 
-@pytest.mark.xfail(strict=True, reason="vfs/commit.py: a failed through-mode commit is not retried in the "
-                                       "background: closed() never wakes the commit loop")
 def test_a_failed_through_close_is_committed_while_the_mount_is_idle(moto: MotoS3, proxy: FaultProxy,
                                                                      tmp_path: Path) -> None:
     with vfs_mount(tmp_path, config(moto, proxy, "through", "idle", max_attempts=1)) as m:

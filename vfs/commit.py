@@ -83,7 +83,10 @@ class Committer:
         # Mode back commits then; a through commit that fails below is retried then too.
         sf.due = trio.current_time() + self.delay
         if sf.mode == "through" or sync:
-            await self.commit_now(sf)
+            try:
+                await self.commit_now(sf)
+            finally:  # a failed commit is due again: the background loop retries it
+                self._wake.set()
             return
         self._wake.set()
 
@@ -104,8 +107,9 @@ class Committer:
         mount = self.table.by_path[sf.mount]
         backend = mount.backend
         assert isinstance(backend, WritableBackend)
-        generation, source, size, data_id, path = sf.generation, self.staging.data_path(sf), sf.size, sf.id, sf.path
-        sf.uploading, sf.upload_id = True, data_id
+        generation, source, size, path = sf.generation, self.staging.data_path(sf), sf.size, sf.path
+        data_id = self.staging.reading(sf)
+        sf.uploading = True
         try:
             try:
                 meta = await backend.write_file(path, source, sf.base, sf.mtime_ns)
@@ -122,16 +126,17 @@ class Committer:
                 sf.committed, sf.base = generation, meta.version
                 self._committed(mount, sf, meta)
         finally:
-            sf.uploading, sf.upload_id = False, None
-            if sf.id != data_id:  # written during the commit: the file got a data file of its own
-                await self.staging.forget_data(source, size)
+            sf.uploading = False
+            await self.staging.done_reading(data_id)  # written meanwhile: the file has a copy of its own
             async with self._settled:
                 self._settled.notify_all()
         if sf.path != path:  # renamed during the commit: the new name is committed next
             sf.base = None
             await self.staging.rewrite_record(sf)
             return
-        if sf.clean:
+        log.debug("commit: %s%s generation %d is %s (now %d, %d writing)", sf.mount, path, generation,
+                  meta.version, sf.generation, sf.writers)
+        if sf.idle:
             await self.staging.drop(sf)
         else:
             await self.staging.rewrite_record(sf)

@@ -110,6 +110,8 @@ class Namespace:
         self.staging = staging
         self.committer = Committer(staging, table, reader, write_back_delay, self._committed) if staging else None
         self.flush_inodes: set[int] = set()
+        self._staging_now: dict[int, trio.Event] = {}
+        """Inodes whose staged copy is being made (`_stage`), so that a file gets one."""
         """Inodes whose FLUSH must reach vfs (changed since their last close); the adapter hands the
         set to the patched pyfuse3, which answers every other FLUSH by itself."""
         self.default_ttl = default_ttl
@@ -430,21 +432,32 @@ class Namespace:
         routed = self.table.route(node.path) if node is not None and not node.is_dir else None
         return self.staging.get(routed[0].path, routed[1]) if routed else None
 
-    async def _stage(self, ino: int) -> StagedFile:
+    async def _stage(self, ino: int, empty: bool = False) -> StagedFile:
         """The staged copy of a file about to change: made from the version the kernel was told of
-        (whole, through the block cache) on its first change."""
+        (whole, through the block cache) on its first change, or `empty` (O_TRUNC). One copy per
+        file: a writer that comes while it is being made waits for it."""
+        while (making := self._staging_now.get(ino)) is not None:
+            await making.wait()
         sf = self._staged(ino)
         if sf is not None:
             return sf
+        done = self._staging_now[ino] = trio.Event()
+        try:
+            return await self._make_staged(ino, empty)
+        finally:
+            del self._staging_now[ino]
+            done.set()
+
+    async def _make_staged(self, ino: int, empty: bool) -> StagedFile:
         node = self._node(ino)
         mount, inner = self._writable(node.path)
-        meta = node.told
-        if meta is None or meta.version.startswith("staged:"):  # that copy is gone: ask the silo
-            meta = (await self._resolve(node.path))[0]
+        meta = await self._base(node)
         if meta.is_dir:
             raise _error(errno.EISDIR, node.path)
         assert self.staging is not None
         sf = self.staging.create(mount.path, inner, meta.version, mount.write_mode)
+        if empty:
+            return sf
         try:
             bs = self.reader.block_size
             if meta.size:
@@ -462,31 +475,35 @@ class Namespace:
             raise
         return sf
 
+    async def _base(self, node: Inode) -> ObjectMeta:
+        """What a new staged copy of `node` replaces: the version the kernel was told of, unless that
+        was a staged copy now gone (committed or dropped), then what the silo holds."""
+        meta = node.told
+        if meta is None or meta.version.startswith("staged:"):
+            meta = (await self._resolve(node.path))[0]
+        return meta
+
     def _changed(self, ino: int) -> None:
         self.flush_inodes.add(ino)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         ino = self._ino(fh)
         sf = await self._stage(ino)
-        await self._unshared(sf)
-        await self.staging.write(sf, offset, data, can_wait=sf.mode != "cache")  # type: ignore[union-attr]
+        with sf.writing():  # no await between getting `sf` and this: a commit ending now keeps it
+            await self._unshared(sf)
+            await self.staging.write(sf, offset, data, can_wait=sf.mode != "cache")  # type: ignore[union-attr]
         self._changed(ino)
         return len(data)
 
     async def _unshared(self, sf: StagedFile) -> None:
-        if sf.uploading and sf.upload_id == sf.id:  # a commit reads the data file: changes go to a copy
+        if self.staging.shared(sf):  # type: ignore[union-attr]  # a commit reads the data file: changes go to a copy
             await self.staging.unshare(sf)  # type: ignore[union-attr]
 
     async def truncate(self, ino: int, size: int) -> None:
-        sf = self._staged(ino)
-        if sf is None and size == 0:  # O_TRUNC: nothing of the old bytes needs fetching
-            node = self._node(ino)
-            mount, inner = self._writable(node.path)
-            meta = node.told or (await self._resolve(node.path))[0]
-            sf = self.staging.create(mount.path, inner, meta.version, mount.write_mode)  # type: ignore[union-attr]
-        sf = sf or await self._stage(ino)
-        await self._unshared(sf)
-        await self.staging.truncate(sf, size, can_wait=sf.mode != "cache")  # type: ignore[union-attr]
+        sf = await self._stage(ino, empty=size == 0)  # O_TRUNC: nothing of the old bytes needs fetching
+        with sf.writing():  # no await between getting `sf` and this: a commit ending now keeps it
+            await self._unshared(sf)
+            await self.staging.truncate(sf, size, can_wait=sf.mode != "cache")  # type: ignore[union-attr]
         self._changed(ino)
 
     async def setattr(self, ino: int, size: int | None, mtime_ns: int | None, mode: int | None,

@@ -21,6 +21,7 @@ A writer that would pass it waits for commits to free room, or gets ENOSPC when 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -61,8 +62,10 @@ class StagedFile:
     committed: int = -1
     """The generation the silo holds (mode cache: never)."""
     uploading: bool = False
-    upload_id: str | None = None
-    """The data file a running commit reads (`id` until a change during it gets a copy of its own)."""
+    copying: trio.Event | None = dataclasses.field(default=None, repr=False)
+    """Set while `unshare` copies the data file away from a running commit."""
+    writers: int = 0
+    """Writes and truncates under way: a commit that ends meanwhile must not drop the file."""
     record_lock: trio.Lock = dataclasses.field(default_factory=trio.Lock, repr=False)
     """One journal record write of this file at a time (close, fsync and commits race otherwise)."""
     unlinked: bool = False
@@ -82,6 +85,19 @@ class StagedFile:
         return self.generation == (self.accepted if self.mode == "cache" else self.committed)
 
     @property
+    def idle(self) -> bool:
+        """Clean and nobody changing it: a commit may drop it."""
+        return self.clean and not self.writers
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        self.writers += 1
+        try:
+            yield
+        finally:
+            self.writers -= 1
+
+    @property
     def version(self) -> str:
         """A version for the core's metadata: changes whenever the bytes may have."""
         return f"staged:{self.id}:{self.generation}"
@@ -95,6 +111,10 @@ class StagingArea:
         self.files: dict[tuple[str, str], StagedFile] = {}
         """Staged files in the tree, by (mount, path). Unlinked ones are kept by their inode only."""
         self._room = trio.Condition()
+        self._readers: dict[str, int] = {}
+        """Data files (by id) that commits are reading, and how many."""
+        self._retired: dict[str, int] = {}
+        """Data files a copy replaced (`unshare`) while commits still read them: id -> size."""
         self._create_dir()
 
     def _create_dir(self) -> None:
@@ -131,6 +151,7 @@ class StagingArea:
         """A new, empty staging file (filled by the caller), registered at (mount, path)."""
         sf = StagedFile(secrets.token_hex(8), mount, path, base, mode)
         sf.fd = os.open(self.data_path(sf), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        log.debug("staging: %s for %s%s (base %s)", sf.id, mount, path, base)
         self.files[(mount, path)] = sf
         return sf
 
@@ -151,12 +172,16 @@ class StagingArea:
         """Delete the staging file and its record, and give its room back."""
         self.detach(sf)
         fd, sf.fd = sf.fd, -1
-        await trio.to_thread.run_sync(self._remove, sf, fd)
+        # Shielded: an unmount cancels the commit that drops it once nothing is pending any more.
+        with trio.CancelScope(shield=True):
+            async with sf.record_lock:  # a record write under way would bring <id>.json back
+                await trio.to_thread.run_sync(self._remove, sf, fd)
         self.used -= sf.size
         async with self._room:
             self._room.notify_all()
 
     def _remove(self, sf: StagedFile, fd: int) -> None:
+        log.debug("staging: %s dropped", sf.id)
         if fd >= 0:
             os.close(fd)
         for p in (Path(self.data_path(sf)), self._record_path(sf)):
@@ -198,10 +223,42 @@ class StagingArea:
         sf.generation += 1
         sf.mtime_ns = time.time_ns()
 
+    def reading(self, sf: StagedFile) -> str:
+        """A commit starts reading `sf`'s data file; its id, for `done_reading`."""
+        self._readers[sf.id] = self._readers.get(sf.id, 0) + 1
+        return sf.id
+
+    def shared(self, sf: StagedFile) -> bool:
+        """Whether a commit reads `sf`'s data file (a change must go to a copy: `unshare`)."""
+        return self._readers.get(sf.id, 0) > 0
+
+    async def done_reading(self, data_id: str) -> None:
+        """A commit stopped reading data file `data_id`; the last reader of a replaced file deletes it."""
+        left = self._readers[data_id] - 1
+        if left:
+            self._readers[data_id] = left
+            return
+        del self._readers[data_id]
+        size = self._retired.pop(data_id, None)
+        if size is not None:
+            await self.forget_data(str(self.dir / f"{data_id}.data"), size)
+
     async def unshare(self, sf: StagedFile) -> None:
         """Give `sf` a data file of its own while a commit still reads the old one (copy on write).
-        Once per commit: the copy is the file's own, later changes go to it."""
-        old = self.data_path(sf)
+        Once per commit: the copy is the file's own, later changes go to it; writers that arrive while
+        it is made wait for it."""
+        if sf.copying is not None:
+            await sf.copying.wait()
+            return
+        sf.copying = trio.Event()
+        try:
+            await self._unshare(sf)
+        finally:
+            sf.copying.set()
+            sf.copying = None
+
+    async def _unshare(self, sf: StagedFile) -> None:
+        old, size = self.data_path(sf), sf.size
         sf_id = secrets.token_hex(8)
         new = str(self.dir / f"{sf_id}.data")
 
@@ -210,20 +267,29 @@ class StagingArea:
             with open(old, "rb") as src:
                 while chunk := src.read(1 << 20):
                     os.write(fd, chunk)
+            os.fsync(fd)  # the journal record moves to this copy: accepted bytes stay durable
             return fd
 
-        await self._take(sf.size, can_wait=True)  # both copies count until the commit ends
+        await self._take(size, can_wait=True)  # both copies count until the commit ends
         fd = await trio.to_thread.run_sync(copy)
         record = self._record_path(sf)
-        old_fd, sf.fd, sf.id = sf.fd, fd, sf_id
+        log.debug("staging: %s copied to %s (a commit reads it)", sf.id, sf_id)
+        old_id, old_fd, sf.fd, sf.id = sf.id, sf.fd, fd, sf_id
+        # Decided at the swap, with no await in between: the commits still reading the old file
+        # delete it when the last one ends; if none does any more, it goes now.
+        readers = self._readers.get(old_id, 0)
+        if readers:
+            self._retired[old_id] = size
         if record.exists():  # the accepted bytes are in the new file too
             await self._save_record(sf)
             record.unlink(missing_ok=True)
         await trio.to_thread.run_sync(os.close, old_fd)
-        # The old data file stays until the commit reading it ends (`forget_data`).
+        if not readers:
+            await self.forget_data(old, size)
 
     async def forget_data(self, path: str, size: int) -> None:
-        """Delete a data file a commit was reading after `unshare` gave its file a new one."""
+        """Delete a data file `unshare` replaced, once no commit reads it."""
+        log.debug("staging: %s forgotten", path)
         await trio.to_thread.run_sync(lambda: Path(path).unlink(missing_ok=True))
         self.used -= size
         async with self._room:
@@ -246,7 +312,8 @@ class StagingArea:
 
     async def _save_record(self, sf: StagedFile) -> None:
         async with sf.record_lock:
-            await trio.to_thread.run_sync(self._write_record, sf)
+            if sf.fd >= 0:  # not dropped meanwhile
+                await trio.to_thread.run_sync(self._write_record, sf)
 
     def _write_record(self, sf: StagedFile) -> None:
         final = self._record_path(sf)
