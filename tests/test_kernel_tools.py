@@ -8,8 +8,8 @@ Also the write paths these tools lean on: fsync again and again on one open file
 (each fsync puts exactly the bytes so far on the silo), writes while a commit of the same file runs
 (they go to one copy of the staged file, and no data file stays in the staging directory once all is
 committed), closes of one file from eight threads at once (journal records written concurrently),
-and fallocate(2), which FUSE answers EOPNOTSUPP for (vfs has no fallocate handler). A known bug is
-a strict xfail: git's lock-file rename over a file whose commit is under way (the older bytes win).
+and fallocate(2), which FUSE answers EOPNOTSUPP for (vfs has no fallocate handler); and git's
+lock-file pattern, renames over a file whose commit is under way (the newer bytes must win).
 """
 
 from __future__ import annotations
@@ -184,10 +184,6 @@ def test_git_clone_then_clean_status(mnt: tuple[VfsMount, str], tmp_path: Path) 
     assert worktree == {k: v for k, v in read_tree(repo).items() if not k.startswith(".git/")}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "vfs/namespace.py rename(): a file renamed over one whose commit is under way takes that file's "
-    "base from before the commit; the commit lands, the renamed file's commit then fails its "
-    "precondition (ESTALE) and is saved as a conflict copy: the silo keeps the older bytes"))
 def test_lock_file_renamed_over_a_file_being_committed(moto: MotoS3, tmp_path: Path) -> None:
     """git's lock-file pattern in mode back: `config.lock` written, closed and renamed over `config`,
     four versions per file, paced around the write-back delay so that some renames land while the

@@ -675,14 +675,21 @@ class Namespace:
             return
         staging = self.staging
         assert staging is not None
+        while True:  # a commit of the target under way lands first: we replace what it leaves
+            dsf = staging.get(mount.path, dinner)
+            if dsf is not None and dsf.uploading:
+                await self.committer.wait_settled()  # type: ignore[union-attr]
+                continue
+            try:
+                dmeta: ObjectMeta | None = (await self._resolve(dst))[0]
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                dmeta = None
+            dsf = staging.get(mount.path, dinner)
+            if dsf is None or not dsf.uploading:
+                break
         sf = staging.get(mount.path, sinner)
-        dsf = staging.get(mount.path, dinner)
-        try:
-            dmeta: ObjectMeta | None = (await self._resolve(dst))[0]
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            dmeta = None
         if dmeta is not None and flags & RENAME_NOREPLACE:
             raise _error(errno.EEXIST, dst)
         if sf is not None and sf.base is None and sf.committed < 0 and not sf.uploading:
