@@ -323,8 +323,6 @@ def test_a_namespace_started_while_the_silo_is_down_serves_what_an_earlier_run_s
     assert not path.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="gdrive.py translate() maps ConnectionRefusedError (an OSError) to EIO: "
-                   "a Drive silo that is down is never seen offline")
 def test_a_refused_drive_connection_is_unreachable() -> None:
     import httplib2
     from vfs.mounts.gdrive import translate

@@ -107,8 +107,6 @@ def test_a_silo_down_and_back(moto: MotoS3, tmp_path: Path) -> None:
     assert "Traceback" not in log, log[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason="vfs/app.py build_namespace does not pass metadata_store=open_store(...) "
-                   "(vfs/metadata_store.py) nor offline= to Namespace yet")
 def test_a_mount_started_while_the_silo_is_down_serves_what_an_earlier_run_cached(moto: MotoS3,
                                                                                   tmp_path: Path) -> None:
     with FaultProxy(moto.endpoint, seed=4) as proxy:

@@ -18,6 +18,7 @@ from vfs import preflight
 from vfs.cache.tiered import build_cache
 from vfs.config import Config, ConfigError
 from vfs.fuse_ops import FuseOps
+from vfs.metadata_store import open_store
 from vfs.mount_table import Mount, MountTable
 from vfs.mounts import backend_class
 from vfs.mounts.base import Backend, WritableBackend
@@ -160,9 +161,11 @@ def build_namespace(config: Config, mountpoint: str | None = None) -> Namespace:
                 log.warning("staging: %s%s waits for a mount at %s that is writable; kept", sf.mount, sf.path, sf.mount)
         if recovered:
             log.info("staging: %d file(s) from an earlier run resume their commits", len(recovered))
+    store = open_store(os.path.expanduser(c.ssd_dir), c.ssd_size, mountpoint) if mountpoint is not None else None
     return Namespace(table, reader, default_ttl=config.metadata.ttl,
                      opens=needs_opens(config.fuse.pin_handle_version), staging=staging,
-                     write_back_delay=config.write.write_back_delay)
+                     write_back_delay=config.write.write_back_delay, offline=config.metadata.offline,
+                     metadata_store=store)
 
 
 def needs_opens(pin_handle_version: bool) -> bool:

@@ -87,6 +87,7 @@ import collections
 import copy
 import dataclasses
 import errno
+import socket
 import functools
 import json
 import logging
@@ -325,8 +326,8 @@ def translate(exc: BaseException, what: str) -> SiloError:
         return SiloError(errno.EACCES, f"{what}: no Google credentials ({exc})")
     if isinstance(exc, google.auth.exceptions.TransportError):
         return SiloError(errno.EIO, f"{what}: {exc}", retryable=True)
-    if isinstance(exc, httplib2.error.ServerNotFoundError):
-        return SiloError(errno.EHOSTDOWN, f"{what}: {exc}", retryable=True)
+    if isinstance(exc, (httplib2.error.ServerNotFoundError, ConnectionRefusedError, socket.gaierror)):
+        return SiloError(errno.EHOSTDOWN, f"{what}: {exc}", retryable=True)  # unreachable: offline mode
     if isinstance(exc, TimeoutError):
         return SiloError(errno.ETIMEDOUT, f"{what}: {exc}", retryable=True)
     if isinstance(exc, SiloError):
