@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from vfs import config as vfs_config
+from vfs import fstab
 from vfs import preflight
 
 log = logging.getLogger("vfs")
@@ -275,6 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if fstab.is_helper_call(argv):  # `vfs SOURCE MOUNTPOINT -o OPTS`: mount.fuse3 for an fstab line
+        try:
+            argv = fstab.translate(argv)
+        except fstab.BadOptions as exc:
+            print(f"vfs: {exc}", file=sys.stderr)
+            return 2
+        if argv is None:  # mount -f: nothing to do
+            return 0
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # `vfs mount MNT --config c.toml s3://b=/x`: sources after options are sources too
