@@ -1,7 +1,10 @@
 """vfs's own files under `/.vfs`: `stats`, the JSON of the mount's metrics registry (vfs/metrics.py:
-tiers, reader, backends, writes, FUSE requests).
+tiers, reader, backends, writes, FUSE requests, warm-ups), and `warm`, write-only, to which `vfs warm`
+writes its requests (vfs/warm.py): one JSON object per line, all of them in one write (a write is
+one FUSE request of at most 128 KiB); a request the mount refuses fails the write with EINVAL.
+Writing `warm` needs a mount that is not read-only (the kernel refuses writes to an `ro` mount).
 
-`/.vfs` is left out of the root's listing but found by path. With opens, the stats file is rendered
+`/.vfs` is left out of the root's listing, and `warm` out of `/.vfs`'s, but both are found by path. With opens, the stats file is rendered
 afresh at each open and read with direct_io (its size is unknown until rendered); without opens, one
 rendering is kept STATS_REFRESH seconds, so a reader sees one size and one content from its stat to
 its last read.
@@ -9,8 +12,10 @@ its last read.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
+import os
 import time
 from typing import Any, Callable
 
@@ -18,13 +23,17 @@ from vfs.mounts.base import ObjectMeta
 
 CONTROL_DIR = "/.vfs"
 STATS_FILE = "/.vfs/stats"
+WARM_FILE = "/.vfs/warm"
 VIRTUAL_FH = 1 << 62  # handles of vfs's own files, apart from the reader's
 STATS_REFRESH = 1.0  # seconds one rendering of the stats file is served without opens (one `cat`)
 
 
 class ControlFiles:
-    def __init__(self, stats: Callable[[], dict[str, Any]], opens: bool) -> None:
+    def __init__(self, stats: Callable[[], dict[str, Any]], opens: bool,
+                 requests: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._stats = stats
+        self._requests = requests
+        """Takes each request written to `warm` (ValueError: refused)."""
         self.opens = opens
         self._rendering: tuple[float, bytes, int] = (-STATS_REFRESH, b"", 0)  # monotonic, bytes, mtime_ns
         self._open: dict[int, bytes] = {}
@@ -32,7 +41,11 @@ class ControlFiles:
 
     @staticmethod
     def owns(path: str) -> bool:
-        return path == CONTROL_DIR or path == STATS_FILE
+        return path in (CONTROL_DIR, STATS_FILE, WARM_FILE)
+
+    @staticmethod
+    def writable(path: str) -> bool:
+        return path == WARM_FILE
 
     @staticmethod
     def owns_handle(fh: int) -> bool:
@@ -41,6 +54,8 @@ class ControlFiles:
     def meta(self, path: str) -> ObjectMeta:
         if path == CONTROL_DIR:
             return ObjectMeta(".vfs", True)
+        if path == WARM_FILE:
+            return ObjectMeta("warm", False, 0)
         if self.opens:  # made at each open, read with direct_io: the size is unknown here
             return ObjectMeta("stats", False, 0)
         _, data, mtime_ns = self.rendering()
@@ -57,15 +72,31 @@ class ControlFiles:
             self._rendering = (time.monotonic(), self.render(), time.time_ns())
         return self._rendering
 
-    def open(self) -> int:
+    def open(self, path: str = STATS_FILE) -> int:
         fh = next(self._ids)
-        self._open[fh] = self.render()
+        self._open[fh] = self.render() if path == STATS_FILE else b""
         return fh
 
-    def read(self, fh: int | None, offset: int, size: int) -> bytes:
-        """Bytes of an open stats file, or (fh None, without opens) of the current rendering."""
-        data = self.rendering()[1] if fh is None else self._open[fh]
+    def read(self, fh: int | None, offset: int, size: int, path: str = STATS_FILE) -> bytes:
+        """Bytes of an open control file, or (fh None, without opens) of the file at `path`: the
+        current rendering of stats; `warm` reads empty."""
+        if fh is None:
+            data = self.rendering()[1] if path == STATS_FILE else b""
+        else:
+            data = self._open[fh]
         return data[offset:offset + size]
+
+    def write(self, data: bytes) -> int:
+        """Requests written to `warm`: each line a JSON object, handed over once all of them parse."""
+        try:
+            requests = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+            if self._requests is None or not all(isinstance(r, dict) for r in requests):
+                raise ValueError("not a JSON object per line")
+            for request in requests:
+                self._requests(request)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), f"{WARM_FILE}: {exc}") from None
+        return len(data)
 
     def release(self, fh: int) -> None:
         self._open.pop(fh, None)

@@ -48,6 +48,7 @@ from vfs.reader import Reader
 from vfs.staging import StagedFile, StagingArea
 from vfs.sweep import Sweep
 from vfs.walk_ahead import WalkAhead
+from vfs.warm import Warmer
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class Namespace:
         self._nursery: trio.Nursery | None = None
         self.reader = reader
         self.files = OpenFiles(reader)
-        self.control = ControlFiles(self.stats, opens)
+        self.control = ControlFiles(self.stats, opens, lambda request: self.warmer.request(request))
         self.staging = staging
         self.committer = Committer(staging, table, reader, write_back_delay, self._committed) if staging else None
         self.flush_inodes: set[int] = set()
@@ -122,6 +123,8 @@ class Namespace:
         if metadata_store is not None:
             metadata_store.load(self.meta, table)
         self.walk = WalkAhead(table, self.meta)
+        self.warmer = Warmer(table, self.meta, reader)
+        """Warm-ups, checks and evictions that `vfs warm` asks for through `/.vfs/warm`."""
         self.sweep = Sweep(self.meta, reader)
         self._dirs: dict[int, DirHandle] = {}
         self._dir_ids = itertools.count(1)
@@ -136,6 +139,7 @@ class Namespace:
         self.reader.start(nursery)
         self.walk.start(nursery)
         self.sweep.start(nursery)
+        self.warmer.start(nursery)
         if self.committer is not None:
             nursery.start_soon(self.committer.run)
         if self.metadata_store is not None:
@@ -190,7 +194,7 @@ class Namespace:
                 # the kernel's own writes, and its commit changes the version, not the bytes.
                 self._invalidate(node.ino)
         routed = self.table.route(node.path)
-        writable = routed is not None and routed[0].writable and self.staging is not None
+        writable = self.control.writable(node.path) or (routed is not None and routed[0].writable and self.staging is not None)
         return Entry(node.ino, meta.is_dir, 0 if meta.is_dir else meta.size, mtime, timeout, writable)
 
     def _known(self, path: str, meta: ObjectMeta, timeout: float) -> Entry:
@@ -304,12 +308,16 @@ class Namespace:
         if node.is_dir:
             raise _error(errno.EISDIR, node.path)
         writing = flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC
+        if self.control.owns(node.path):
+            if writing and not self.control.writable(node.path):
+                raise _error(errno.EACCES, node.path)
+            if not self.opens:
+                raise _error(errno.ENOSYS, f"{node.path}: opened without vfs")
+            return OpenFile(self.control.open(node.path), keep_cache=False, direct_io=True)
         if writing:
             mount, inner = self._writable(node.path)
         if not self.opens:  # the kernel opens files by itself from now on (FUSE no_open)
             raise _error(errno.ENOSYS, f"{node.path}: opened without vfs")
-        if node.path == STATS_FILE:
-            return OpenFile(self.control.open(), keep_cache=False, direct_io=True)
         if writing:
             if flags & os.O_TRUNC:
                 await self.truncate(ino, 0)
@@ -347,8 +355,8 @@ class Namespace:
             return await self.staging.read(sf, offset, size)  # type: ignore[union-attr]
         if not self.opens:
             node = self._node(ino)
-            if node.path == STATS_FILE:
-                return self.control.read(None, offset, size)
+            if self.control.owns(node.path):
+                return self.control.read(None, offset, size, node.path)
             fh = await self._inode_handle(node)
         h = self.reader.handles.get(fh)
         if h is None:
@@ -391,6 +399,7 @@ class Namespace:
         self.reader.register(registry)
         if self.committer is not None:
             self.committer.register(registry)
+        self.warmer.register(registry)
         for m in sorted(self.table.mounts, key=lambda m: m.path):
             m.backend.stats.register(registry, m.path, m.backend.describe())
             m.backend.health.register(registry, m.path)
@@ -487,6 +496,8 @@ class Namespace:
         self.flush_inodes.add(ino)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
+        if self.control.owns_handle(fh) or (not self.opens and self.control.writable(self._node(fh).path)):
+            return self.control.write(data)
         ino = self._ino(fh)
         sf = await self._stage(ino)
         with sf.writing():  # no await between getting `sf` and this: a commit ending now keeps it
@@ -512,6 +523,8 @@ class Namespace:
         tools such as rsync and mkstemp chmod every file they make); chown to another owner than
         shown (`shown`: mode, uid, gid) is EPERM."""
         node = self._node(ino)
+        if self.control.writable(node.path) and mode is None and uid is None and gid is None:
+            return await self.getattr(ino)  # `echo ... > .vfs/warm` truncates first: nothing to do
         if mode is not None or uid is not None or gid is not None:
             self._writable(node.path)
         if (uid is not None and uid != shown[1]) or (gid is not None and gid != shown[2]):

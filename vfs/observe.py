@@ -1,5 +1,5 @@
-"""Commands that look at a running mount or an SSD cache directory: `vfs stats`, `vfs cache info`,
-`vfs cache clear`.
+"""Commands that look at a running mount or an SSD cache directory: `vfs status`, `vfs stats`,
+`vfs cache info`, `vfs cache clear`.
 
 A running mount is reached through its `.vfs/stats` file (which also names its pid) and, to clear a
 tier, by a signal the mount process handles (vfs.app.CLEAR_SIGNALS). An SSD cache directory that no
@@ -9,6 +9,7 @@ mount is using is read or cleared directly.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -59,6 +60,65 @@ def format_stats(stats: dict[str, Any]) -> str:
             + "\n"
             + render(("mount", "silo", "requests", "mean ms", "errors", "retries", "bytes read", "bytes written"), backends, "backends")
             + ("\n" + render(("operation", "requests", "mean ms"), requests, "FUSE requests") if requests else ""))
+
+
+def status(stats: dict[str, Any]) -> dict[str, Any]:
+    """What `vfs status` shows, taken from a `.vfs/stats` snapshot."""
+    w = stats.get("writes") or {}
+    return {
+        "pid": stats["pid"],
+        "uptime_s": stats["uptime_s"],
+        "silos": {path: {"silo": b["silo"], "online": bool(b.get("online", 1)), "offline_since": b.get("offline_since"),
+                         "last_error": b.get("last_error")} for path, b in sorted(stats["backends"].items())},
+        "tiers": {name: {"used": t.get("used", 0), "capacity": t.get("capacity", 0), "fill": t.get("fill", 0.0),
+                         "blocks": t.get("blocks", 0)}
+                  for name, t in stats["tiers"].items() if isinstance(t, dict) and "capacity" in t},
+        "uploads": {"pending": w.get("pending_commits", 0), "failing": w.get("failing_commits", 0)},
+        "warm": {jid: j for jid, j in stats.get("warm", {}).get("jobs", {}).items() if j["state"] in ("listing", "running")},
+    }
+
+
+def format_status(st: dict[str, Any]) -> str:
+    silos = [(path, s["silo"], "online" if s["online"] else "OFFLINE", s["offline_since"] or "-",
+              (s["last_error"] or "-") if not s["online"] else "-") for path, s in st["silos"].items()]
+    tiers = [(name, f"{format_size(t['used'])} / {format_size(t['capacity'])}", f"{100 * t['fill']:.1f}%", t["blocks"])
+             for name, t in st["tiers"].items()]
+    warm = [(jid, j["op"], j["state"], f"{j['files_done']}/{j['files_total']}",
+             f"{format_size(j['bytes_done'])} / {format_size(j['bytes_total'])}", j["errors"]) for jid, j in st["warm"].items()]
+    up = st["uploads"]
+    return (f"vfs pid {st['pid']}, up {st['uptime_s']:.0f} s; uploads: {up['pending']} pending, {up['failing']} failing\n\n"
+            + render(("mount", "silo", "state", "offline since", "last error"), silos, "silos")
+            + "\n" + render(("tier", "used / capacity", "fill", "blocks"), tiers, "cache")
+            + "\n" + (render(("job", "op", "state", "files", "bytes", "errors"), warm, "warm-ups running")
+                      if warm else "warm-ups running: none\n"))
+
+
+def _stats_or_say(mountpoint: str) -> dict[str, Any] | None:
+    """The mount's stats, or None once one line on stderr has said why there are none."""
+    try:
+        return read_stats(mountpoint)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            why = f"a stale vfs mount (its process is gone); unmount it: fusermount3 -u {mountpoint}"
+        else:
+            why = f"not a vfs mount ({exc.strerror})"
+    except ValueError:
+        why = "not a vfs mount (its .vfs/stats is not vfs's)"
+    print(f"vfs: {mountpoint}: {why}", file=sys.stderr)
+    return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    stats = _stats_or_say(args.mountpoint)
+    if stats is None:
+        return 1
+    try:
+        st = status(stats)
+    except (KeyError, TypeError):
+        print(f"vfs: {args.mountpoint}: not a vfs mount (its .vfs/stats is not vfs's)", file=sys.stderr)
+        return 1
+    print(json.dumps(st, indent=1, sort_keys=True) if args.json else format_status(st), end="\n" if args.json else "")
+    return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -126,6 +186,11 @@ def cmd_cache_clear(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction, cache_sub: argparse._SubParsersAction) -> None:
+    st = sub.add_parser("status", help="a running mount's silos (online or offline), cache fill, uploads, warm-ups")
+    st.add_argument("mountpoint")
+    st.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
+    st.set_defaults(func=cmd_status)
+
     s = sub.add_parser("stats", help="counters of a running mount (tiers, backends, FUSE requests)")
     s.add_argument("mountpoint")
     s.add_argument("--json", action="store_true", help="the raw .vfs/stats JSON")

@@ -173,6 +173,35 @@ class Reader:
         """Bring a file of at most one block into the cache, as a prefetch (a failure is only logged)."""
         await self._fetch(ReadHandle(mount, path, version, size), 0)
 
+    def _keys(self, mount: Mount, path: str, version: str, size: int) -> list[tuple[BlockKey, int]]:
+        """Every block of a file version, with its length."""
+        bs = self.block_size
+        return [(BlockKey(mount.path, path, version, i), min(bs, size - i * bs)) for i in range((size + bs - 1) // bs)]
+
+    def _cached(self, key: BlockKey) -> bool:
+        c = self.cache
+        return key in c.ram or (c.ssd is not None and (key in c.ssd or c.writer.pending(key) is not None))  # type: ignore[union-attr]
+
+    def cached_bytes(self, mount: Mount, path: str, version: str, size: int) -> int:
+        """Bytes of a file version that some tier holds (asks nothing of the silo, touches no policy)."""
+        return sum(n for key, n in self._keys(mount, path, version, size) if self._cached(key))
+
+    async def warm_block(self, mount: Mount, path: str, version: str, size: int, index: int) -> int:
+        """Bring block `index` of a file version into the cache as a read would (errors raise); its length."""
+        data = await self._block(ReadHandle(mount, path, version, size), index)
+        return len(data or b"")
+
+    async def evict(self, mount: Mount, path: str, version: str, size: int) -> int:
+        """Drop every block of a file version from every tier; the bytes that were cached."""
+        cached = [(key, n) for key, n in self._keys(mount, path, version, size) if self._cached(key)]
+        for key, _ in cached:
+            self.cache.ram.discard(key)
+        ssd = self.cache.ssd
+        if ssd is not None and cached:
+            await self.cache.flush()  # a copy queued for the SSD lands first, then goes with the rest
+            await trio.to_thread.run_sync(lambda: [ssd.discard(key) for key, _ in cached])
+        return sum(n for _, n in cached)
+
     async def adopt(self, mount: Mount, path: str, version: str, source: str, size: int) -> None:
         """Put the blocks of a local file that a silo now holds as `version` into the cache (a commit
         read back costs no GET). At most half the RAM tier's worth: a larger file would only push
