@@ -62,12 +62,13 @@ def proxy(moto: MotoS3) -> Iterator[FaultProxy]:
         yield p
 
 
-def config(moto: MotoS3, proxy: FaultProxy, tmp: Path, ssd_blocks: int | None = 256) -> dict[str, Any]:
+def config(moto: MotoS3, proxy: FaultProxy, tmp: Path, ssd_blocks: int | None = 256, pin: bool = False) -> dict[str, Any]:
     cache: dict[str, Any] = {"block_size": BLOCK, "ram_size": 4 * BLOCK, "prefetch_window": 0}
     if ssd_blocks:
         cache |= {"ssd_dir": str(tmp / "ssd"), "ssd_size": ssd_blocks * BLOCK}
     return {
         "cache": cache,
+        "fuse": {"pin_handle_version": pin},
         "metadata": {"ttl": 60.0, "negative_ttl": 60.0},
         "write": {"mode": "through"},  # a read-only mount (every write mode off) takes no requests
         "mount": [{"path": "/s3", **moto.options(bucket=BUCKET, prefix="p", endpoint_url=proxy.url, max_attempts=1,
@@ -213,3 +214,16 @@ def test_ctrl_c_stops_the_warm_up_in_the_mount(moto: MotoS3, proxy: FaultProxy, 
         assert read_file(m.path / "s3/slow/s3.bin") == FILES["slow/s3.bin"]  # the mount is healthy
         done = vfs("status", m.path)
         assert done.returncode == 0 and "warm-ups running: none" in done.stdout, done
+
+
+def test_warm_and_check_with_opens(moto: MotoS3, proxy: FaultProxy, tmp_path: Path) -> None:
+    """With pinned versions every open reaches vfs: `.vfs/warm` is opened, written and closed through it."""
+    with vfs_mount(tmp_path, config(moto, proxy, tmp_path, pin=True)) as m:
+        other = m.path / "s3" / "other"
+        done = vfs("warm", "-r", other)
+        assert done.returncode == 0 and done.stdout.splitlines()[-1].startswith("done: 1/1 files"), done
+        checked = vfs("warm", "--check", other / "c.bin")
+        assert share(checked.stdout, other / "c.bin") == "100.0%", checked
+        n = silo_requests(m)
+        assert read_file(other / "c.bin") == FILES["other/c.bin"]
+        assert silo_requests(m) == n

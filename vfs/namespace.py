@@ -582,6 +582,8 @@ class Namespace:
 
     async def flush(self, fh: int) -> None:
         """close(): accept the file's changes and commit them as its mount's write mode says."""
+        if self.control.owns_handle(fh):  # vfs's own files: a request written to one is taken already
+            return
         ino = self._ino(fh)
         sf = self._staged(ino)
         self.flush_inodes.discard(ino)
@@ -594,6 +596,8 @@ class Namespace:
             raise
 
     async def fsync(self, fh: int) -> None:
+        if self.control.owns_handle(fh):
+            return
         ino = self._ino(fh)
         sf = self._staged(ino)
         if sf is None or sf.unlinked or self.committer is None:
