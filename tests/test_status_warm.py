@@ -10,6 +10,7 @@ the mount, which stays healthy.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -22,7 +23,7 @@ from typing import Any, Iterator
 import pytest
 
 from tests.fault_proxy import FaultProxy
-from tests.kernel import VfsMount, fuse_available, read_file, vfs_mount, wait_until
+from tests.kernel import VfsMount, errno_of, fuse_available, read_file, start_mount, unmount, vfs_mount, wait_until
 from tests.silos.s3 import MotoS3, moto_server
 from vfs.units import format_size
 
@@ -89,6 +90,14 @@ def silo_requests(m: VfsMount) -> int:
     return stats(m)["backends"]["/s3"]["requests"]
 
 
+def write_once(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def share(out: str, path: Path) -> str:
     """The share column of `vfs warm --check` for `path` (as the command line gave it)."""
     rows = [line.split() for line in out.splitlines() if line.split()[:1] == [str(path)]]
@@ -120,6 +129,21 @@ def test_status_of_a_healthy_mount_and_of_no_mount(moto: MotoS3, proxy: FaultPro
         assert done.stderr.count("\n") == 1 and "not a vfs mount" in done.stderr, done.stderr
 
 
+def test_status_of_a_stale_mount(moto: MotoS3, proxy: FaultProxy, tmp_path: Path) -> None:
+    cfg = config(moto, proxy, tmp_path)
+    m = start_mount(tmp_path, {**cfg, "fuse": {"auto_unmount": False}}, "stale")
+    try:
+        m.proc.kill()
+        m.proc.wait(30)
+        done = vfs("status", m.path)
+        assert done.returncode == 1 and done.stdout == "", done
+        assert done.stderr.count("\n") == 1 and "stale mount" in done.stderr and "vfs unmount" in done.stderr, done.stderr
+    finally:
+        unmount(m.path)
+        if m.proc.stdout:
+            m.proc.stdout.close()
+
+
 def test_status_of_an_unreachable_silo(moto: MotoS3, proxy: FaultProxy, tmp_path: Path) -> None:
     with vfs_mount(tmp_path, config(moto, proxy, tmp_path)) as m:
         assert sorted(os.listdir(m.path / "s3")) == ["data", "other", "slow"]
@@ -144,6 +168,8 @@ def test_warm_then_read_costs_no_silo_request_check_and_evict(moto: MotoS3, prox
         assert before.returncode == 0, before.stderr
         assert share(before.stdout, data) == "0.0%" and share(before.stdout, other) == "0.0%"
 
+        for bad in (b"not json\n", b'{"id": "x", "op": "warm", "paths": []}\n', b'{"id": "x", "op": "fly", "paths": ["s3"]}\n'):
+            assert errno_of(write_once, m.path / ".vfs" / "warm", bad) == errno.EINVAL, bad
         refused = vfs("warm", data)  # a directory without --recursive
         assert refused.returncode == 1 and "--recursive" in refused.stderr, refused
 
@@ -198,6 +224,8 @@ def test_ctrl_c_stops_the_warm_up_in_the_mount(moto: MotoS3, proxy: FaultProxy, 
                 return any(j["state"] == "running" for j in stats(m).get("warm", {}).get("jobs", {}).values())
 
             wait_until(running, SETTLE, "the warm-up to run", interval=0.1)
+            shown = json.loads(vfs("status", m.path, "--json").stdout)["warm"]
+            assert [(j["op"], j["files_total"]) for j in shown.values()] == [("warm", 3)], shown
             cmd.send_signal(signal.SIGINT)
             out, err = cmd.communicate(timeout=SETTLE)
         finally:

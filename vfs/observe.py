@@ -99,7 +99,7 @@ def _stats_or_say(mountpoint: str) -> dict[str, Any] | None:
         return read_stats(mountpoint)
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
-            why = f"a stale vfs mount (its process is gone); unmount it: fusermount3 -u {mountpoint}"
+            why = f"a stale mount (its vfs process is gone); unmount it: vfs unmount {mountpoint}"
         else:
             why = f"not a vfs mount ({exc.strerror})"
     except ValueError:
