@@ -366,7 +366,8 @@ class Progress:
             from rich.progress import (BarColumn, DownloadColumn, Progress as Bar, TextColumn,
                                        TimeRemainingColumn, TransferSpeedColumn)
 
-            self._bar = Bar(TextColumn("warm"), BarColumn(), TextColumn("{task.fields[files]} files"), DownloadColumn(),
+            self._bar = Bar(TextColumn("warm"), BarColumn(), TextColumn("{task.fields[files]} files"),
+                            DownloadColumn(binary_units=True),
                             TransferSpeedColumn(), TimeRemainingColumn())
             self._bar.start()
 
@@ -374,8 +375,10 @@ class Progress:
         files = f"{job['files_done']}/{job['files_total']}"
         if self._bar is not None:
             if self._task is None:
-                self._task = self._bar.add_task("warm", total=job["bytes_total"] or None, files=files)
-            self._bar.update(self._task, completed=job["bytes_done"], files=files)
+                self._task = self._bar.add_task("warm", total=job["bytes_total"] or None, completed=job["bytes_done"],
+                                                files=files)
+            else:
+                self._bar.update(self._task, completed=job["bytes_done"], files=files)
         elif time.monotonic() - self._last >= PLAIN_EVERY:
             self._last = time.monotonic()
             print(f"warm: {files} files, {_size(job['bytes_done'])} / {_size(job['bytes_total'])} "
@@ -398,6 +401,8 @@ def _follow(mountpoint: str, jid: str, op: str, tty: bool) -> dict[str, Any]:
     while job["state"] == "listing":
         time.sleep(POLL)
         job = _job(mountpoint, jid) or job
+    if job["state"] == "refused":
+        return job
     if op == "warm" and job["oversize"]:
         print(f"vfs: warning: {_size(job['bytes_total'])} to warm, the cache holds {_size(job['capacity'])}: "
               "the first files will be pushed out by the last", file=sys.stderr, flush=True)
@@ -435,6 +440,10 @@ def _report(job: dict[str, Any], op: str, shown: dict[str, str]) -> int:
     """The end of a job; `shown` names each requested path as the command line gave it."""
     from vfs.table import render
 
+    if job["state"] == "refused":
+        print(f"vfs: refused (--no-oversize): {_size(job['bytes_total'])} to warm, the cache holds "
+              f"{_size(job['capacity'])}", file=sys.stderr)
+        return 1
     if op == "warm":
         rate = job["bytes_done"] / job["seconds"] if job["seconds"] else 0.0
         print(f"{job['state']}: {job['files_done']}/{job['files_total']} files, {_size(job['bytes_done'])} / "
@@ -446,9 +455,6 @@ def _report(job: dict[str, Any], op: str, shown: dict[str, str]) -> int:
                       "share" if op == "check" else "of size"), rows), end="")
     if job["errors"]:
         print(f"vfs: {job['errors']} errors, the last: {job['last_error']}", file=sys.stderr)
-    if job["state"] == "refused":
-        print(f"vfs: refused (--no-oversize): {_size(job['bytes_total'])} to warm, the cache holds "
-              f"{_size(job['capacity'])}", file=sys.stderr)
     return 0 if job["state"] == "done" and not job["errors"] else 1
 
 
