@@ -161,7 +161,9 @@ def build_namespace(config: Config, mountpoint: str | None = None) -> Namespace:
                 log.warning("staging: %s%s waits for a mount at %s that is writable; kept", sf.mount, sf.path, sf.mount)
         if recovered:
             log.info("staging: %d file(s) from an earlier run resume their commits", len(recovered))
-    store = open_store(os.path.expanduser(c.ssd_dir), c.ssd_size, mountpoint) if mountpoint is not None else None
+    # Beside the SSD tier, and only where that tier is on (its directory is ours and usable).
+    store = (open_store(os.path.expanduser(c.ssd_dir), c.ssd_size, mountpoint)
+             if mountpoint is not None and cache.ssd is not None else None)
     return Namespace(table, reader, default_ttl=config.metadata.ttl,
                      opens=needs_opens(config.fuse.pin_handle_version), staging=staging,
                      write_back_delay=config.write.write_back_delay, offline=config.metadata.offline,
