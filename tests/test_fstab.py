@@ -41,7 +41,7 @@ def test_translate_mount_fuse3_call(tmp_path: Path) -> None:
 
 
 def test_translate_mount8_call_with_one_liner_source() -> None:
-    argv = ["s3://bucket/prefix=/s3", "/mnt/data", "-o", "ro,_netdev,nofail,allow_other,rw", "-t", "fuse.vfs", "-n"]
+    argv = ["s3://bucket/prefix=/s3", "/mnt/data", "-o", "ro,_netdev,nofail,allow_other,user=me,rw", "-t", "fuse.vfs", "-n"]
     assert fstab.translate(argv) == ["mount", "/mnt/data", "s3://bucket/prefix=/s3", "--allow-other"]
     assert fstab.translate([*argv, "-f"]) is None
 

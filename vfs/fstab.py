@@ -28,7 +28,7 @@ IGNORED = frozenset({
     "drop_privileges",
 })
 # Prefixes of options that are someone else's: systemd's, comments, and mount.fuse3's own.
-IGNORED_PREFIXES = ("x-", "comment=", "setuid=", "fsname=", "subtype=")
+IGNORED_PREFIXES = ("x-", "comment=", "setuid=", "fsname=", "subtype=", "user=")
 # option=VALUE -> the `vfs mount` flag it becomes
 VALUED = {
     "write_mode": "--write-mode",
