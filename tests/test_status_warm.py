@@ -157,6 +157,8 @@ def test_status_of_an_unreachable_silo(moto: MotoS3, proxy: FaultProxy, tmp_path
         text = vfs("status", m.path).stdout
         line = next(line for line in text.splitlines() if line.startswith("/s3"))
         assert "OFFLINE" in line and silo["offline_since"] in line, text
+        warm = vfs("warm", m.path / "s3/other/c.bin")  # fails at once, and says so
+        assert warm.returncode == 1 and "1 errors, the last: /s3/other/c.bin" in warm.stderr, warm
         proxy.mode = "pass"
 
 

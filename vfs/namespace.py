@@ -496,7 +496,8 @@ class Namespace:
         self.flush_inodes.add(ino)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
-        if self.control.owns_handle(fh) or (not self.opens and self.control.writable(self._node(fh).path)):
+        if self.control.owns_handle(fh) or (not self.opens and self.inodes.known(fh)
+                                            and self.control.writable(self.inodes.get(fh).path)):
             return self.control.write(data)
         ino = self._ino(fh)
         sf = await self._stage(ino)

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import posixpath
 import sys
 import time
 import uuid
@@ -113,8 +114,8 @@ def parse_request(r: dict[str, Any]) -> Job:
         raise ValueError(f"threads: 1 to {MAX_THREADS}")
     if r.get("oversize", "warn") not in ("warn", "refuse"):
         raise ValueError("oversize: warn or refuse")
-    return Job(jid, op, ["/" + p.strip("/") if p.strip("/") else "/" for p in paths], bool(r.get("recursive")),
-               threads, r.get("oversize", "warn"))
+    return Job(jid, op, [posixpath.normpath("/" + p.lstrip("/")) for p in paths], bool(r.get("recursive")), threads,
+               r.get("oversize", "warn"))
 
 
 class Warmer:
@@ -489,7 +490,7 @@ def cmd_warm(args: argparse.Namespace) -> int:
     except (OSError, TimeoutError) as exc:
         print(f"vfs: {mountpoint}: {exc}", file=sys.stderr)
         return 1
-    return _report(job, op, {"/" + r.strip("/") if r.strip("/") else "/": path for r, path in zip(rel, args.paths)})
+    return _report(job, op, {posixpath.normpath("/" + r.lstrip("/")): path for r, path in zip(rel, args.paths)})
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
