@@ -58,11 +58,7 @@ def silo_stats(m: VfsMount) -> dict[str, Any]:
 
 
 def silo_bytes(moto: MotoS3, key: str) -> bytes | None:
-    client = moto.client()
-    try:
-        return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-    except client.exceptions.NoSuchKey:
-        return None
+    return moto.object_bytes(BUCKET, key)
 
 
 def test_a_silo_down_and_back(moto: MotoS3, tmp_path: Path) -> None:

@@ -116,11 +116,7 @@ def settled(moto: MotoS3, prefix: str, expected: dict[str, bytes]) -> None:
 
 
 def s3_bytes(moto: MotoS3, key: str) -> bytes | None:
-    c = moto.client()
-    try:
-        return c.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-    except c.exceptions.NoSuchKey:
-        return None
+    return moto.object_bytes(BUCKET, key)
 
 
 def committed(moto: MotoS3, key: str, data: bytes) -> None:

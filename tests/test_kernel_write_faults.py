@@ -58,11 +58,7 @@ def config(moto: MotoS3, proxy: FaultProxy, mode: str, prefix: str, delay: float
 
 
 def silo_bytes(moto: MotoS3, key: str) -> bytes | None:
-    client = moto.client()
-    try:
-        return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
-    except client.exceptions.NoSuchKey:
-        return None
+    return moto.object_bytes(BUCKET, key)
 
 
 def silo_keys(moto: MotoS3, prefix: str) -> list[str]:

@@ -33,10 +33,7 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
 
 
 def s3_bytes(moto: MotoS3, key: str) -> bytes | None:
-    try:
-        return moto.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
-    except moto.client().exceptions.NoSuchKey:
-        return None
+    return moto.object_bytes(BUCKET, key)
 
 
 def config(moto: MotoS3, local: Path, mode: str, prefix: str) -> dict:

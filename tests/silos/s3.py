@@ -33,6 +33,14 @@ class MotoS3:
             aws_access_key_id=self.access_key_id, aws_secret_access_key=self.secret_access_key,
         )
 
+    def object_bytes(self, bucket: str, key: str) -> bytes | None:
+        """The bytes the server holds at `key`, or None: what a test checks behind the mount."""
+        client = self.client()
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except client.exceptions.NoSuchKey:
+            return None
+
     def options(self, **extra: object) -> dict:
         """`[[mount]]` options (without path) for a bucket of this server."""
         return {"backend": "s3", "endpoint_url": self.endpoint, "region": REGION,
