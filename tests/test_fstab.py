@@ -46,6 +46,10 @@ def test_translate_mount8_call_with_one_liner_source() -> None:
     assert fstab.translate([*argv, "-f"]) is None
 
 
+def test_a_missing_config_is_named_as_one() -> None:
+    assert fstab.translate(["/nowhere/data.toml", "/mnt/data"]) == ["mount", "/mnt/data", "--config", "/nowhere/data.toml"]
+
+
 def test_subcommands_are_not_helper_calls() -> None:
     assert not fstab.is_helper_call(["mount", "/mnt/x", "s3://b=/s3"])
     assert not fstab.is_helper_call(["--help"])

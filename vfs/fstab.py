@@ -8,7 +8,7 @@ Both call shapes come here: `SOURCE MOUNTPOINT [-o OPTS]... [-t TYPE] [-s] [-f] 
 This module turns one into the `vfs mount` command line that does the same (a background mount:
 the helper returns once the mount is up, or with one line saying why not).
 
-SOURCE is a config file when it names a file, else a one-liner source (`s3://bucket/prefix=/s3`, a
+SOURCE is a config file when it names a file or ends in .toml, else a one-liner source (`s3://bucket/prefix=/s3`, a
 local directory). Options that mean nothing to vfs (what mount(8), mount.fuse3 and systemd add:
 `_netdev`, `nofail`, `x-systemd.*`, `rw`, `dev`, `suid`, ...) are accepted and ignored; `ro` is
 `--read-only`, `allow_other` is `--allow-other`, and `write_mode=`, `log_file=`, `log_level=`,
@@ -76,7 +76,7 @@ def translate(argv: list[str]) -> list[str] | None:
     flags = option_flags(options)
     if fake:
         return None
-    what = ["--config", source] if os.path.isfile(source) else [source]
+    what = ["--config", source] if os.path.isfile(source) or source.endswith(".toml") else [source]
     return ["mount", mountpoint, *what, *flags]
 
 
