@@ -382,8 +382,11 @@ class Progress:
                 self._bar.update(self._task, completed=job["bytes_done"], files=files)
         elif time.monotonic() - self._last >= PLAIN_EVERY:
             self._last = time.monotonic()
+            rate = job["bytes_done"] / job["seconds"] if job["seconds"] > 0 else 0.0
+            eta = f", ETA {(job['bytes_total'] - job['bytes_done']) / rate:.0f} s" if rate else ""
             print(f"warm: {files} files, {_size(job['bytes_done'])} / {_size(job['bytes_total'])} "
-                  f"({_pct(job['bytes_done'], job['bytes_total'])}), {job['errors']} errors", flush=True)
+                  f"({_pct(job['bytes_done'], job['bytes_total'])}), {_size(int(rate))}/s{eta}, {job['errors']} errors",
+                  flush=True)
 
     def stop(self) -> None:
         if self._bar is not None:
