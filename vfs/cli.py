@@ -267,11 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("cache", help="inspect, clear and simulate the block cache")
     csub = c.add_subparsers(dest="cache_command", required=True)
-    from vfs import observe, warm
+    from vfs import observe
     from vfs.cache import commands
 
     observe.add_commands(sub, csub)
-    warm.add_command(sub)
     commands.add_commands(csub)
     return p
 
