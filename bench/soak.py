@@ -29,15 +29,15 @@ import random
 import sys
 import tempfile
 import time
-from multiprocessing.sharedctypes import SynchronizedArray
 from pathlib import Path
-from typing import Any
+from typing import Any, MutableSequence
 
 import numpy as np
 
 from common import MiB  # common also puts the repository on sys.path
 from tests.kernel import fuse_available, start_mount, stop_mount
 from tests.silos.s3 import moto_server
+from vfs.cache.tiered import SSD_QUEUE_BYTES
 from vfs.units import format_size, parse_size
 
 log = logging.getLogger("soak")
@@ -48,7 +48,8 @@ BUCKET = "soak"
 # 32 readers over 64 MiB. Of that, ~67 MiB is the process before its first read (the interpreter with
 # pyfuse3, trio, boto3, pycurl), ~70 MiB is glibc keeping freed block buffers in its per-thread arenas
 # (MALLOC_ARENA_MAX=2 brings 8 readers from 235 to 177 MiB), and the rest grows by about one block per
-# concurrent reader (blocks being fetched and served outside the RAM tier).
+# concurrent reader (blocks being fetched and served outside the RAM tier). With a 128 MiB SSD tier,
+# 32 readers peaked at 534-640 MiB, 352 MiB with MALLOC_ARENA_MAX=2: the arenas again.
 RSS_BASE_ALLOWANCE = 224 * MiB
 BLOCK_SIZE = 4 * MiB  # the cache block of the mount (the config's default, set explicitly below)
 CHUNK = MiB
@@ -58,10 +59,10 @@ WORD = 8
 FIELDS = ("bytes", "reads", "errors", "wrong")
 
 
-def rss_allowance(readers: int, block_size: int) -> int:
-    """Bytes of RSS the soak allows the vfs process beyond its RAM tier: a fixed part and two blocks
-    per concurrent reader."""
-    return RSS_BASE_ALLOWANCE + 2 * readers * block_size
+def rss_allowance(readers: int, block_size: int, ssd: bool = False) -> int:
+    """Bytes of RSS the soak allows the vfs process beyond its RAM tier: a fixed part, two blocks per
+    concurrent reader, and with an SSD tier the blocks queued for its writer (SSD_QUEUE_BYTES)."""
+    return RSS_BASE_ALLOWANCE + 2 * readers * block_size + (SSD_QUEUE_BYTES if ssd else 0)
 
 
 def expected(file_id: int, offset: int, length: int) -> bytes:
@@ -93,7 +94,7 @@ def wrong_bytes(got: bytes, want: bytes) -> int:
 class Reader:
     """One reader process: reads and checks until `stop` is set, counting into its slot of `counters`."""
 
-    def __init__(self, index: int, root: str, files: int, size: int, counters: SynchronizedArray,
+    def __init__(self, index: int, root: str, files: int, size: int, counters: MutableSequence[int],
                  stop: Any, problems: Any) -> None:
         self.slot = index * len(FIELDS)
         self.root, self.files, self.size = root, files, size
@@ -169,12 +170,12 @@ def proc_kib(pid: int, field: str) -> int:
     return 0
 
 
-def totals(counters: SynchronizedArray, readers: int) -> dict[str, int]:
+def totals(counters: MutableSequence[int], readers: int) -> dict[str, int]:
     values = counters[:]
     return {name: sum(values[r * len(FIELDS) + i] for r in range(readers)) for i, name in enumerate(FIELDS)}
 
 
-def watch(args: argparse.Namespace, pid: int, counters: SynchronizedArray, readers: list[Any],
+def watch(args: argparse.Namespace, pid: int, counters: MutableSequence[int], readers: list[Any],
           problems: Any) -> dict[str, Any]:
     """Print a line every interval until the time is up (or every reader died); the samples."""
     start = time.monotonic()
@@ -217,7 +218,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         finally:
             stop_mount(m)
     result["ram_budget"] = ram
-    result["rss_allowance"] = rss_allowance(args.readers, BLOCK_SIZE)
+    result["rss_allowance"] = rss_allowance(args.readers, BLOCK_SIZE, parse_size(args.ssd) > 0)
     return result
 
 
