@@ -127,6 +127,8 @@ def test_status_of_a_healthy_mount_and_of_no_mount(moto: MotoS3, proxy: FaultPro
         done = vfs("status", where)
         assert done.returncode == 1 and done.stdout == "", done
         assert done.stderr.count("\n") == 1 and "not a vfs mount" in done.stderr, done.stderr
+    done = vfs("warm", tmp_path)
+    assert done.returncode == 1 and done.stderr == f"vfs: {tmp_path}: not on a vfs mount\n", done
 
 
 def test_status_of_a_stale_mount(moto: MotoS3, proxy: FaultProxy, tmp_path: Path) -> None:
