@@ -352,7 +352,10 @@ class Namespace:
         ino = self._ino(fh)
         sf = self._staged(ino)
         if sf is not None:
-            return await self.staging.read(sf, offset, size)  # type: ignore[union-attr]
+            data = await self.staging.read(sf, offset, size)  # type: ignore[union-attr]
+            if data is not None:
+                return data
+            # Dropped meanwhile: its commit landed, and the inode now reads the silo's version.
         if not self.opens:
             node = self._node(ino)
             if self.control.owns(node.path):
@@ -502,19 +505,13 @@ class Namespace:
         ino = self._ino(fh)
         sf = await self._stage(ino)
         with sf.writing():  # no await between getting `sf` and this: a commit ending now keeps it
-            await self._unshared(sf)
             await self.staging.write(sf, offset, data, can_wait=sf.mode != "cache")  # type: ignore[union-attr]
         self._changed(ino)
         return len(data)
 
-    async def _unshared(self, sf: StagedFile) -> None:
-        if self.staging.shared(sf):  # type: ignore[union-attr]  # a commit reads the data file: changes go to a copy
-            await self.staging.unshare(sf)  # type: ignore[union-attr]
-
     async def truncate(self, ino: int, size: int) -> None:
         sf = await self._stage(ino, empty=size == 0)  # O_TRUNC: nothing of the old bytes needs fetching
         with sf.writing():  # no await between getting `sf` and this: a commit ending now keeps it
-            await self._unshared(sf)
             await self.staging.truncate(sf, size, can_wait=sf.mode != "cache")  # type: ignore[union-attr]
         self._changed(ino)
 

@@ -62,8 +62,8 @@ class StagedFile:
     committed: int = -1
     """The generation the silo holds (mode cache: never)."""
     uploading: bool = False
-    copying: trio.Event | None = dataclasses.field(default=None, repr=False)
-    """Set while `unshare` copies the data file away from a running commit."""
+    io_lock: trio.Lock = dataclasses.field(default_factory=trio.Lock, repr=False)
+    """Held by reads, writes and truncates of the data file, and while a copy replaces it."""
     writers: int = 0
     """Writes and truncates under way: a commit that ends meanwhile must not drop the file."""
     record_lock: trio.Lock = dataclasses.field(default_factory=trio.Lock, repr=False)
@@ -114,7 +114,7 @@ class StagingArea:
         self._readers: dict[str, int] = {}
         """Data files (by id) that commits are reading, and how many."""
         self._retired: dict[str, int] = {}
-        """Data files a copy replaced (`unshare`) while commits still read them: id -> size."""
+        """Data files a copy replaced (`_own_copy`) while commits still read them: id -> size."""
         self._create_dir()
 
     def _create_dir(self) -> None:
@@ -174,7 +174,9 @@ class StagingArea:
         fd, sf.fd = sf.fd, -1
         # Shielded: an unmount cancels the commit that drops it once nothing is pending any more.
         with trio.CancelScope(shield=True):
-            async with sf.record_lock:  # a record write under way would bring <id>.json back
+            # After the reads and writes under way (they use the descriptor) and a record write
+            # under way (it would bring <id>.json back).
+            async with sf.io_lock, sf.record_lock:
                 await trio.to_thread.run_sync(self._remove, sf, fd)
         self.used -= sf.size
         async with self._room:
@@ -205,19 +207,27 @@ class StagingArea:
 
     async def write(self, sf: StagedFile, offset: int, data: bytes, can_wait: bool) -> None:
         await self.reserve(sf, offset + len(data), can_wait)
-        await trio.to_thread.run_sync(os.pwrite, sf.fd, data, offset)
+        async with sf.io_lock:
+            await self._own_copy(sf)
+            await trio.to_thread.run_sync(os.pwrite, sf.fd, data, offset)
         sf.size = max(sf.size, offset + len(data))
         self.changed(sf)
 
     async def truncate(self, sf: StagedFile, size: int, can_wait: bool) -> None:
         await self.reserve(sf, size, can_wait)
-        await trio.to_thread.run_sync(os.ftruncate, sf.fd, size)
+        async with sf.io_lock:
+            await self._own_copy(sf)
+            await trio.to_thread.run_sync(os.ftruncate, sf.fd, size)
         self.used -= max(0, sf.size - size)
         sf.size = size
         self.changed(sf)
 
-    async def read(self, sf: StagedFile, offset: int, size: int) -> bytes:
-        return await trio.to_thread.run_sync(os.pread, sf.fd, min(size, max(0, sf.size - offset)), offset)
+    async def read(self, sf: StagedFile, offset: int, size: int) -> bytes | None:
+        """Bytes of the staged copy; None if it was dropped meanwhile (committed: the silo has them)."""
+        async with sf.io_lock:  # not while a copy replaces the data file, nor a drop closes it
+            if sf.fd < 0:
+                return None
+            return await trio.to_thread.run_sync(os.pread, sf.fd, min(size, max(0, sf.size - offset)), offset)
 
     def changed(self, sf: StagedFile) -> None:
         sf.generation += 1
@@ -229,7 +239,7 @@ class StagingArea:
         return sf.id
 
     def shared(self, sf: StagedFile) -> bool:
-        """Whether a commit reads `sf`'s data file (a change must go to a copy: `unshare`)."""
+        """Whether a commit reads `sf`'s data file (a change must go to a copy: `_own_copy`)."""
         return self._readers.get(sf.id, 0) > 0
 
     async def done_reading(self, data_id: str) -> None:
@@ -243,21 +253,12 @@ class StagingArea:
         if size is not None:
             await self.forget_data(str(self.dir / f"{data_id}.data"), size)
 
-    async def unshare(self, sf: StagedFile) -> None:
-        """Give `sf` a data file of its own while a commit still reads the old one (copy on write).
-        Once per commit: the copy is the file's own, later changes go to it; writers that arrive while
-        it is made wait for it."""
-        if sf.copying is not None:
-            await sf.copying.wait()
+    async def _own_copy(self, sf: StagedFile) -> None:
+        """Before a change (under `sf.io_lock`): if a commit reads the data file, give `sf` a copy of
+        its own (copy on write), once per commit; the commits still reading the old file delete it
+        when the last one ends. No write is under way meanwhile: they all hold the lock."""
+        if not self.shared(sf):
             return
-        sf.copying = trio.Event()
-        try:
-            await self._unshare(sf)
-        finally:
-            sf.copying.set()
-            sf.copying = None
-
-    async def _unshare(self, sf: StagedFile) -> None:
         old, size = self.data_path(sf), sf.size
         sf_id = secrets.token_hex(8)
         new = str(self.dir / f"{sf_id}.data")
@@ -270,25 +271,24 @@ class StagingArea:
             os.fsync(fd)  # the journal record moves to this copy: accepted bytes stay durable
             return fd
 
-        await self._take(size, can_wait=True)  # both copies count until the commit ends
+        await self._take(size, can_wait=True)  # both copies count until the commits end
         fd = await trio.to_thread.run_sync(copy)
-        record = self._record_path(sf)
-        log.debug("staging: %s copied to %s (a commit reads it)", sf.id, sf_id)
-        old_id, old_fd, sf.fd, sf.id = sf.id, sf.fd, fd, sf_id
-        # Decided at the swap, with no await in between: the commits still reading the old file
-        # delete it when the last one ends; if none does any more, it goes now.
-        readers = self._readers.get(old_id, 0)
-        if readers:
-            self._retired[old_id] = size
-        if record.exists():  # the accepted bytes are in the new file too
-            await self._save_record(sf)
-            record.unlink(missing_ok=True)
-        await trio.to_thread.run_sync(os.close, old_fd)
+        async with sf.record_lock:  # an accept (fsync of the descriptor) or a record write is not under way
+            record = self._record_path(sf)
+            log.debug("staging: %s copied to %s (a commit reads it)", sf.id, sf_id)
+            old_id, old_fd, sf.fd, sf.id = sf.id, sf.fd, fd, sf_id
+            readers = self._readers.get(old_id, 0)  # decided at the swap: no await since
+            if readers:
+                self._retired[old_id] = size
+            if record.exists():  # the accepted bytes are in the new file too
+                await trio.to_thread.run_sync(self._write_record, sf)
+                record.unlink(missing_ok=True)
+            await trio.to_thread.run_sync(os.close, old_fd)
         if not readers:
             await self.forget_data(old, size)
 
     async def forget_data(self, path: str, size: int) -> None:
-        """Delete a data file `unshare` replaced, once no commit reads it."""
+        """Delete a data file `_own_copy` replaced, once no commit reads it."""
         log.debug("staging: %s forgotten", path)
         await trio.to_thread.run_sync(lambda: Path(path).unlink(missing_ok=True))
         self.used -= size
@@ -302,8 +302,11 @@ class StagingArea:
         if sf.accepted == sf.generation:
             return
         generation = sf.generation
-        await trio.to_thread.run_sync(os.fsync, sf.fd)
-        await self._save_record(sf)
+        async with sf.record_lock:  # its descriptor stays open meanwhile (drop and copies wait)
+            if sf.fd < 0:
+                return  # dropped: a commit took the file whole, nothing is left to accept
+            await trio.to_thread.run_sync(os.fsync, sf.fd)
+            await trio.to_thread.run_sync(self._write_record, sf)
         sf.accepted = max(sf.accepted, generation)
 
     def _record(self, sf: StagedFile) -> dict[str, Any]:
