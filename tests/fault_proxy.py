@@ -261,8 +261,11 @@ class FaultProxy:
                     continue
                 self._conns.add(conn)
                 t = threading.Thread(target=self._serve, args=(conn,), name="fault-proxy-conn", daemon=True)
+                # Ended threads leave the set here, not by themselves: one that is ending is still
+                # alive, and teardown must join it.
+                self._threads = {other for other in self._threads if other.is_alive()}
                 self._threads.add(t)
-            t.start()
+                t.start()  # under the lock: teardown never sees a thread it cannot join yet
 
     # --- one client connection -------------------------------------------------------------------
 
@@ -323,7 +326,6 @@ class FaultProxy:
             broken = True
         finally:
             with self._lock:
-                self._threads.discard(threading.current_thread())
                 self._conns.discard(conn)
                 if upstream is not None:
                     self._conns.discard(upstream)
