@@ -106,6 +106,19 @@ def mount_stats(mountpoint: str | Path) -> dict[str, Any]:
     return read_stats(str(mountpoint))
 
 
+def run_scenarios(scenarios: dict[str, Callable[[Any], None]], names: Sequence[str], bench: Any) -> None:
+    """`scenarios[name](bench)` for each name, timed; a scenario that fails is logged and recorded in
+    `bench.errors` (the report shows it) and the others still run."""
+    for name in names:
+        t = time.perf_counter()
+        try:
+            scenarios[name](bench)
+        except Exception as exc:
+            log.exception("scenario %s failed", name)
+            bench.errors[name] = f"{type(exc).__name__}: {exc}"
+        log.info("scenario %s took %.0f s", name, time.perf_counter() - t)
+
+
 def write_json(name: str, data: Any) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.json"

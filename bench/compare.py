@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from common import MiB, OUT, drop_page_cache, mb_per_s, mount_stats, percentile, ratio, read_whole, write_json
+from common import MiB, OUT, drop_page_cache, mb_per_s, mount_stats, percentile, ratio, read_whole, run_scenarios, write_json
 
 import peers
 from tests.kernel import VfsMount, fuse_available, start_mount, stop_mount
@@ -629,14 +629,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.delay_ms > 0:
                 s3 = stack.enter_context(peers.delay_proxy(s3, args.delay_ms, tmp))
             b = Bench(args, data, s3, tmp)
-            for name in only:
-                t = time.perf_counter()
-                try:
-                    SCENARIOS[name](b)
-                except Exception as exc:  # the other scenarios still run and the report shows what failed
-                    log.exception("scenario %s failed", name)
-                    b.errors[name] = f"{type(exc).__name__}: {exc}"
-                log.info("scenario %s took %.0f s", name, time.perf_counter() - t)
+            run_scenarios(SCENARIOS, only, b)
     elapsed = time.perf_counter() - started
 
     title = (f"vfs vs boto3 / local / rclone mount: scale {args.scale:g}, delay {args.delay_ms:g} ms each way, "

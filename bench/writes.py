@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from common import MiB, mount_stats, write_json
+from common import MiB, mount_stats, run_scenarios, write_json
 
 import peers
 from compare import vm_hwm
@@ -620,14 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         (served / BUCKET).mkdir(parents=True)
         with peers.serve_s3(served, tmp) as s3:
             b = Bench(args, data, s3, served, tmp)
-            for name in args.only:
-                t = time.perf_counter()
-                try:
-                    SCENARIOS[name](b)
-                except Exception as exc:  # the other scenarios still run and the report shows what failed
-                    log.exception("scenario %s failed", name)
-                    b.errors[name] = f"{type(exc).__name__}: {exc}"
-                log.info("scenario %s took %.0f s", name, time.perf_counter() - t)
+            run_scenarios(SCENARIOS, args.only, b)
     elapsed = time.perf_counter() - started
     summary = summarise(b)
     print(report(b, summary, elapsed), end="")
