@@ -23,6 +23,7 @@ from vfs.metadata_store import open_store
 from vfs.mount_table import Mount, MountTable
 from vfs.mounts import backend_class
 from vfs.mounts.base import Backend, WritableBackend
+from vfs.mounts.faults import Faults
 from vfs.namespace import Namespace
 from vfs.prometheus import MetricsServer
 from vfs.reader import Reader
@@ -122,6 +123,9 @@ def open_backends(config: Config) -> list[Mount]:
             backend: Backend = backend_class(m.backend)(m.options)
         except (ValueError, OSError) as exc:
             raise ConfigError(f"{config.source}: mount #{i + 1} ({m.path}): {exc}") from None
+        if m.faults is not None:
+            backend.faults = Faults(m.faults)
+            log.warning("mount %s: faults injected into %s (%s), as the config asks", m.path, backend.describe(), m.faults)
         mode = "off" if config.fuse.read_only else (m.write_mode or config.write.mode)
         if mode != "off" and not isinstance(backend, WritableBackend):
             raise ConfigError(f"{config.source}: mount #{i + 1} ({m.path}).write_mode: {m.backend} cannot be written")

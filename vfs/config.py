@@ -62,6 +62,7 @@ from typing import Any
 
 from vfs.mounts import BACKENDS, URL_SCHEMES, backend_class
 from vfs.mounts.base import BaseOptions
+from vfs.mounts.faults import FaultSpec
 from vfs.units import format_size, parse_size
 
 
@@ -144,6 +145,8 @@ class MountConfig:
     ttl: float | None = None
     negative_ttl: float | None = None
     write_mode: str | None = None
+    faults: FaultSpec | None = None
+    """Faults injected into this silo's calls, to rehearse failures (vfs/mounts/faults.py)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,10 +349,11 @@ def _mount(entry: Any, where: str) -> MountConfig:
     except ImportError as exc:  # a system library (libnfs) is missing; its message says which
         raise ConfigError(f"{where}.backend: {backend}: {exc}") from None
     common = {k: entry[k] for k in ("ttl", "negative_ttl", "write_mode") if k in entry}
-    options = _build(cls.Options, {k: v for k, v in entry.items() if k not in ("path", "backend", *common)},
-                     where, ignore={"path", "backend", "ttl", "negative_ttl", "write_mode"})
+    options = _build(cls.Options, {k: v for k, v in entry.items() if k not in ("path", "backend", "faults", *common)},
+                     where, ignore={"path", "backend", "ttl", "negative_ttl", "write_mode", "faults"})
     timeouts = _build(_Timeouts, common, where)
-    return MountConfig(path, backend, options, timeouts.ttl, timeouts.negative_ttl, timeouts.write_mode)
+    faults = _build(FaultSpec, entry["faults"], f"{where}.faults") if "faults" in entry else None
+    return MountConfig(path, backend, options, timeouts.ttl, timeouts.negative_ttl, timeouts.write_mode, faults)
 
 
 _TABLES = ["cache", "metadata", "fuse", "write", "metrics", "mount"]

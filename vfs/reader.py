@@ -21,6 +21,7 @@ of the BlockKey), the format `vfs cache simulate --trace` replays.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import itertools
 import logging
@@ -30,6 +31,7 @@ from typing import TextIO
 import trio
 
 from vfs.cache import BlockCache, BlockKey
+from vfs.errors import SiloError
 from vfs.metrics import Counter, Registry
 from vfs.mount_table import Mount
 from vfs.singleflight import SingleFlight
@@ -130,7 +132,11 @@ class Reader:
                     data = await self.cache.get(key)
                 if data is None:
                     start = index * self.block_size
-                    data = await h.mount.backend.read_range(h.path, start, min(start + self.block_size, h.size), h.version)
+                    end = min(start + self.block_size, h.size)
+                    data = await h.mount.backend.read_range(h.path, start, end, h.version)
+                    if len(data) != end - start:  # a body cut short that the backend missed: never cached
+                        raise SiloError(errno.EIO, f"{h.mount.backend.describe()}/{h.path}: {len(data)} bytes "
+                                        f"where {end - start} were asked for at {start}", retryable=True)
                     await self.cache.put(key, data)
                 return data
             except Exception as exc:

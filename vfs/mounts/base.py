@@ -33,6 +33,7 @@ from typing import Any, Callable, ClassVar, TypeVar
 import trio
 
 from vfs.errors import SiloError
+from vfs.mounts.faults import Faults
 from vfs.mounts.health import Health
 from vfs.metrics import Counter, Histogram, Registry
 
@@ -184,7 +185,10 @@ def _counted(fn: Callable[..., Any]) -> Callable[..., Any]:
         token = _calling.set(backend)
         stats = backend.stats
         start = time.perf_counter()
+        cut = False
         try:
+            if outer and backend.faults is not None:  # rehearsed failures (vfs/mounts/faults.py)
+                cut = await backend.faults.before(op, f"{backend.describe()}/{args[0] if args else ''}")
             out = await fn(backend, *args, **kwargs)
         except OSError as exc:
             if exc.errno not in _ANSWERS:
@@ -201,6 +205,8 @@ def _counted(fn: Callable[..., Any]) -> Callable[..., Any]:
             stats.calls[op].observe(time.perf_counter() - start)
         if outer:
             backend.health.answered()
+        if cut and isinstance(out, bytes):
+            out = out[: len(out) // 2]
         if isinstance(out, bytes):
             stats.read.inc(len(out))
         elif op == "write_file":
@@ -230,6 +236,8 @@ class Backend(abc.ABC):
         self.options = options
         self.limiter = trio.CapacityLimiter(options.concurrency)
         self.stats = BackendStats()
+        self.faults: Faults | None = None
+        """Faults to inject into this backend's calls, if any (config `faults`, tests)."""
         self.health = Health(self.describe)
         """Whether the silo can be reached (offline mode); told by the counting wrapper."""
 
