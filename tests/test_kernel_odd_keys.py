@@ -104,8 +104,6 @@ def test_a_name_over_255_bytes_is_neither_listed_nor_found(mnt: VfsMount) -> Non
         os.stat(mnt.path / "s3/odd" / LONG)
 
 
-@pytest.mark.xfail(strict=True, reason="vfs/mounts/flat.py Level.finish: a level whose only keys have an empty "
-                   "segment (odd/e//mpty.txt) is listed as directory `e` by its parent but answers ENOENT itself")
 def test_a_directory_holding_only_an_empty_segment_key_opens_as_listed(mnt: VfsMount) -> None:
     e = mnt.path / "s3/odd/e"
     assert stat.S_ISDIR(os.stat(e).st_mode)
@@ -126,8 +124,7 @@ def test_ls_find_and_stat_agree(mnt: VfsMount) -> None:
         if path.startswith("/many/"):
             continue  # stat'ed in bulk below
         assert stat.S_ISDIR(os.lstat(f"{root}{path}").st_mode) == is_dir, path
-    if errors or stderr:  # only the empty-segment directory (xfail above) may complain
-        assert errors == [f"{root}/odd/e: No such file or directory"] and "odd/e" in stderr, (errors, stderr)
+    assert not errors and not stderr, (errors, stderr)
     assert "/" + DEEP in found and read_file(root / DEEP) == b"fifty levels down\n"
     assert not any(p.endswith(("/.", "/..", "/dot.txt", "/dotdot.txt", ".txt/")) for p in found)
 

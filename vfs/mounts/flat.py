@@ -58,14 +58,18 @@ class Level:
         self.files: dict[str, ObjectMeta] = {}
         self.dirs: set[str] = set()
         self.marker = False
+        self.seen = False
+        """Some key is below this level, if only ones whose names vfs cannot show (`a//b`)."""
 
     def add_prefix(self, key_prefix: str) -> None:
+        self.seen = True
         name = key_prefix[len(self.prefix):].rstrip("/")
         if valid_name(name):
             self.dirs.add(name)
 
     def add_object(self, key: str, meta: Callable[[str], ObjectMeta]) -> None:
         """An object of this level; `meta(path)` builds its metadata."""
+        self.seen = True
         name = key[len(self.prefix):]
         if name == "":
             self.marker = True
@@ -74,7 +78,7 @@ class Level:
 
     async def finish(self, what: str, head: Callable[[str], Awaitable[ObjectMeta | None]]) -> list[ObjectMeta]:
         """The entries, directories winning over same-named objects; ENOTDIR/ENOENT for an empty level."""
-        if self.path and not (self.files or self.dirs or self.marker):
+        if self.path and not (self.files or self.dirs or self.marker or self.seen):
             if await head(self.path) is not None:
                 raise not_a_directory(what)
             raise not_found(what)
