@@ -102,7 +102,8 @@ class MetadataStore:
     # --- while mounted and at unmount -------------------------------------------------------------
 
     async def run(self, cache: MetadataCache, table: MountTable, every: float = SAVE_EVERY) -> None:
-        """Save every `every` seconds, when the cache changed (the trio thread only takes a copy)."""
+        """Save every `every` seconds, when the cache changed (the trio thread only takes a copy of the
+        entry lists; the rows are built and written in a worker thread)."""
         while True:
             await trio.sleep(every)
             await self.save(cache, table, only_if_changed=True)
@@ -114,12 +115,16 @@ class MetadataStore:
         if only_if_changed and counts == self._saved:
             return
         silos = {m.path: m.backend.describe() for m in table.mounts}
-        rows = [_meta_row(mount, silos[mount], meta) for mount, meta in entries if mount in silos]
-        listing_rows = [(mount, silos[mount], path, json.dumps([_meta_row("", "", m)[2:] for m in children]))
-                        for mount, path, children in listings if mount in silos]
+
+        def write() -> None:  # rows and JSON built in the worker thread: a dataset's worth is seconds of CPU
+            rows = [_meta_row(mount, silos[mount], meta) for mount, meta in entries if mount in silos]
+            listing_rows = [(mount, silos[mount], path, json.dumps([_meta_row("", "", m)[2:] for m in children]))
+                            for mount, path, children in listings if mount in silos]
+            self._write(rows, listing_rows)
+
         try:
             with trio.CancelScope(shield=True):  # at unmount, a cancel must not leave half a file
-                await trio.to_thread.run_sync(self._write, rows, listing_rows)
+                await trio.to_thread.run_sync(write)
         except (OSError, sqlite3.Error) as exc:
             log.warning("metadata store %s not saved: %s", self.path, exc)
             return
