@@ -187,3 +187,42 @@ def test_cache_mode_is_never_committed_and_a_full_staging_area_is_enospc(tmp_pat
 
     trio.run(main)
     assert backend.objects == {} and backend.calls == 0
+
+
+class UploadingMemory(FlakyMemory):
+    """A FlakyMemory that records the uploads it is asked to abort, and refuses while `down`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted: list[tuple[str, str]] = []
+        self.down = False
+
+    async def abort_upload(self, key: str, upload: str) -> None:
+        if self.down:
+            raise OSError(errno.EHOSTDOWN, "injected: silo down")
+        self.aborted.append((key, upload))
+
+
+def test_uploads_a_crash_left_unfinished_are_aborted_at_the_next_start(tmp_path: Path) -> None:
+    backend = UploadingMemory()
+    ns = make(tmp_path, "back", backend)
+    view = backend.uploads
+    assert view is not None and view.mount == "/m", "the committer gives a writable mount's backend the ledger"
+    view.started("data/big.bin", "upload-1")
+    view.started("data/other.bin", "upload-2")
+    (ns.staging.uploads.dir / "garbled.json").write_text("{not json")  # type: ignore[union-attr]
+
+    async def start_once() -> None:
+        async with trio.open_nursery() as nursery:
+            ns.start(nursery)
+            await trio.sleep(1)
+            nursery.cancel_scope.cancel()
+
+    backend.down = True  # the silo refuses: the notes stay for the next start
+    trio.run(start_once, clock=trio.testing.MockClock(autojump_threshold=0.01))
+    assert backend.aborted == [] and len(ns.staging.uploads.notes()) == 2  # type: ignore[union-attr]
+    backend.down = False
+    ns = make(tmp_path, "back", backend)  # the next start
+    trio.run(start_once, clock=trio.testing.MockClock(autojump_threshold=0.01))
+    assert sorted(backend.aborted) == [("data/big.bin", "upload-1"), ("data/other.bin", "upload-2")]
+    assert ns.staging.uploads.notes() == [] and ns.committer.orphans_aborted.value == 2  # type: ignore[union-attr]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import json
 import os
 import random
 import signal
@@ -67,7 +68,7 @@ def silo_keys(moto: MotoS3, prefix: str) -> list[str]:
 
 
 def journal(tmp: Path, name: str = "mnt") -> list[Path]:
-    return list((tmp / f"{name}-staging").rglob("*.json"))
+    return list((tmp / f"{name}-staging").glob("*/*.json"))  # journal records, not upload notes
 
 
 def lost_files(moto: MotoS3, prefix: str, files: dict[str, bytes]) -> list[str]:
@@ -217,13 +218,18 @@ def test_kill_9_in_the_middle_of_a_multipart_upload(moto: MotoS3, proxy: FaultPr
     finally:
         stop_mount(m)
     assert silo_bytes(moto, "kill/big.bin") is None and journal(tmp_path)
+    assert len(moto.client().list_multipart_uploads(Bucket=BUCKET, Prefix="kill/").get("Uploads", [])) == 1
+    assert len(list((tmp_path / "mnt-staging").glob("*/uploads/*.json"))) == 1, "the upload is noted"
     with vfs_mount(tmp_path, cfg) as again:
         wait_until(lambda: silo_bytes(moto, "kill/big.bin") == data, SETTLE, "the file on the silo")
         wait_until(lambda: not journal(tmp_path), 30, "the journal to empty")
         assert read_file(again.path / "s3" / "big.bin") == data
+        # The killed run's upload was noted before its first part and is aborted at this start.
+        wait_until(lambda: not moto.client().list_multipart_uploads(Bucket=BUCKET, Prefix="kill/").get("Uploads"),
+                   30, "the killed run's multipart upload to be aborted")
+        assert json.loads((again.path / ".vfs" / "stats").read_bytes())["writes"]["orphan_uploads_aborted"] == 1
     assert_clean_log(again)
-    orphans = moto.client().list_multipart_uploads(Bucket=BUCKET, Prefix="kill/").get("Uploads", [])
-    print(f"\nkill -9 mid-multipart: committed after remount; {len(orphans)} orphan multipart upload(s) left")
+    assert not list((tmp_path / "mnt-staging").glob("*/uploads/*.json")), "the upload note is gone"
 
 
 def test_kill_9_right_after_fsync_in_mode_through(moto: MotoS3, proxy: FaultProxy, tmp_path: Path) -> None:

@@ -71,6 +71,11 @@ class Committer:
         """Commits that lost a race (saved under a conflict name)."""
         self.failures = Counter()
         """Tries of background commits that failed (each is tried again)."""
+        self.orphans_aborted = Counter()
+        """Uploads a crashed run left unfinished, aborted at this start (vfs/uploads.py)."""
+        for mount in table.mounts:
+            if mount.writable and isinstance(mount.backend, WritableBackend):
+                mount.backend.uploads = staging.uploads.view(mount.path)
 
     # --- what close() and fsync() call ----------------------------------------------------------
 
@@ -165,6 +170,7 @@ class Committer:
         """Commit due files (mode back, and failed or recovered commits of any mode), retrying
         failures with backoff, forever."""
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.abort_orphans)
             while True:
                 now = trio.current_time()
                 due = [sf for sf in list(self.staging.files.values())
@@ -178,6 +184,26 @@ class Committer:
                 with trio.move_on_after(max(0.05, min(waits, default=3600.0))):
                     await self._wake.wait()
                 self._wake = trio.Event()
+
+    async def abort_orphans(self) -> None:
+        """Abort the uploads an earlier run noted and never finished (a kill -9 mid-commit); one the
+        silo refuses now stays noted for the next start."""
+        for note, entry in await trio.to_thread.run_sync(self.staging.uploads.notes):
+            mount = self.table.by_path.get(entry["mount"])
+            if mount is None or not isinstance(mount.backend, WritableBackend):
+                log.warning("uploads: upload %s of %s was left unfinished on %s, which is no longer mounted; "
+                            "abort it there", entry["upload"], entry["key"], entry["mount"])
+                continue
+            try:
+                await mount.backend.abort_upload(entry["key"], entry["upload"])
+            except OSError as exc:
+                log.warning("uploads: the unfinished upload of %s (%s) could not be aborted: %s; tried again at "
+                            "the next start", entry["key"], mount.backend.describe(), exc)
+                continue
+            await trio.to_thread.run_sync(self.staging.uploads.finished, note)
+            self.orphans_aborted.inc()
+            log.info("uploads: aborted the upload of %s that an earlier run left unfinished on %s", entry["key"],
+                     mount.backend.describe())
 
     async def _background(self, sf: StagedFile) -> None:
         try:
@@ -224,6 +250,8 @@ class Committer:
             ("commits", "Staged files committed to their silo", "commits", self.commits),
             ("commit_conflicts", "Commits that lost a race and were saved under a conflict name", "conflicts", self.conflicts),
             ("commit_failures", "Tries of commits that failed (each is tried again)", "commit_failures", self.failures),
+            ("orphan_uploads_aborted", "Unfinished uploads of a crashed run aborted at start", "orphan_uploads_aborted",
+             self.orphans_aborted),
         ):
             registry.counter(name, help, (), ("writes", stats)).attach((), child)
         for name, help, stats, fn in (

@@ -34,6 +34,8 @@ from typing import Any, Iterator
 
 import trio
 
+from vfs.uploads import UploadLedger
+
 log = logging.getLogger(__name__)
 
 RECORD_VERSION = 1
@@ -116,6 +118,8 @@ class StagingArea:
         self._retired: dict[str, int] = {}
         """Data files a copy replaced (`_own_copy`) while commits still read them: id -> size."""
         self._create_dir()
+        self.uploads = UploadLedger(self.dir / "uploads")
+        """Multipart uploads started and not finished (vfs/uploads.py), aborted after a crash."""
 
     def _create_dir(self) -> None:
         try:

@@ -287,6 +287,14 @@ class WritableBackend(Backend):
     """True where renaming a directory is one atomic call of the silo (local, NFS, Drive); object
     stores copy and delete each key below it instead (see `rename`)."""
 
+    uploads: "MountUploads | None" = None
+    """Where a backend notes the multipart uploads it starts (vfs/uploads.py), set by the core when the
+    mount is writable; None: nothing is noted (tests, `vfs` commands that do not write)."""
+
+    async def abort_upload(self, key: str, upload: str) -> None:
+        """Abort an upload an earlier run started and a crash left unfinished (`uploads` noted it);
+        done if the silo no longer knows it. Silos without such uploads have nothing to do."""
+
     @abc.abstractmethod
     async def write_file(self, path: str, source: str, expected: str | None, mtime_ns: int | None = None) -> ObjectMeta:
         """Make `path` hold the bytes of the local file `source`, in one step readers cannot see half

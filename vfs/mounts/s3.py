@@ -422,6 +422,8 @@ class S3Backend(WritableBackend):
         created = await self._call(self.client.create_multipart_upload, path, Key=key,
                                    Metadata={**meta, UPLOAD_TOKEN: token}, **self.checksum)
         upload = created["UploadId"]
+        note = await self.run_sync(self.uploads.started, key, upload) if self.uploads is not None else None
+        finished = False  # completed or aborted: the ledger forgets it
         try:
             parts: dict[int, dict] = {}
             fd = await self.run_sync(os.open, source, os.O_RDONLY)
@@ -443,13 +445,27 @@ class S3Backend(WritableBackend):
                 os.close(fd)
             if expected is not None:  # moto ignores If-Match on the complete; S3 honours it
                 await self._check_version(path, expected)
-            return await self._commit(self.client.complete_multipart_upload, path, expected, same_upload,
+            resp = await self._commit(self.client.complete_multipart_upload, path, expected, same_upload,
                                       Key=key, UploadId=upload,
                                       MultipartUpload={"Parts": [parts[n] for n in sorted(parts)]}, **cond)
+            finished = True
+            return resp
         except BaseException:
             with trio.CancelScope(shield=True), contextlib.suppress(OSError):
-                await self._call(self.client.abort_multipart_upload, path, Key=key, UploadId=upload)
+                await self.abort_upload(key, upload)
+                finished = True
             raise
+        finally:
+            if finished and note is not None:
+                with trio.CancelScope(shield=True):
+                    await self.run_sync(self.uploads.finished, note)  # type: ignore[union-attr]
+
+    async def abort_upload(self, key: str, upload: str) -> None:
+        try:
+            await self._call(self.client.abort_multipart_upload, "", Key=key, UploadId=upload)
+        except OSError as exc:
+            if error_code(exc) != "NoSuchUpload" and exc.errno != errno.ENOENT:
+                raise
 
     async def _delete_key(self, path: str) -> None:
         await self._call(self.client.delete_object, path, Key=self._key(path))
