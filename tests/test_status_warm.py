@@ -259,3 +259,33 @@ def test_warm_and_check_with_opens(moto: MotoS3, proxy: FaultProxy, tmp_path: Pa
         n = silo_requests(m)
         assert read_file(other / "c.bin") == FILES["other/c.bin"]
         assert silo_requests(m) == n
+
+
+def test_warm_check_and_evict_on_a_read_only_mount(moto: MotoS3, proxy: FaultProxy, tmp_path: Path) -> None:
+    """The kernel refuses writes to `.vfs/warm` on an `ro` mount: requests go through requests_dir and a getxattr."""
+    cfg = config(moto, proxy, tmp_path)
+    cfg["fuse"]["read_only"] = True
+    with vfs_mount(tmp_path, cfg) as m:
+        warm = m.path / ".vfs" / "warm"
+        assert errno_of(write_once, warm, b'{"id": "x", "op": "check", "paths": ["s3"]}\n') == errno.EROFS
+        spool = Path(stats(m)["requests_dir"])
+        assert spool.is_dir() and spool.stat().st_mode & 0o777 == 0o700
+        data = m.path / "s3" / "data"
+        done = vfs("warm", "-r", data)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-1].startswith("done: 4/4 files, "), done.stdout
+        assert share(vfs("warm", "--check", "-r", data).stdout, data) == "100.0%"
+        n = silo_requests(m)
+        assert read_file(m.path / "s3/data/a.bin") == FILES["data/a.bin"]
+        assert silo_requests(m) == n
+        assert vfs("warm", "--evict", "-r", data).returncode == 0
+        assert share(vfs("warm", "--check", "-r", data).stdout, data) == "0.0%"
+
+        assert errno_of(os.getxattr, warm, "user.vfs.request.nosuchid") == errno.ENOENT
+        assert errno_of(os.getxattr, warm, "user.vfs.request.../../etc") == errno.ENOENT
+        assert errno_of(os.getxattr, m.path / "s3/data/a.bin", "user.vfs.request.x") == errno.ENODATA
+        (spool / "bad.json").write_bytes(b"not json\n")
+        assert errno_of(os.getxattr, warm, "user.vfs.request.bad") == errno.EINVAL
+        assert list(spool.iterdir()) == [], "a request is taken whether or not the mount accepts it"
+        assert m.alive()
+    assert not spool.exists(), "requests_dir goes with the mount"

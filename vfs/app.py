@@ -293,6 +293,7 @@ async def _serve_until_unmounted(ns: Namespace, mountpoint: str, read_ahead_kb: 
     await trio.to_thread.run_sync(ns.reader.close)  # the SSD tier writes out RAM's blocks
     if ns.staging is not None:
         ns.staging.close()
+    ns.control.close()
     for mount in ns.table.mounts:
         await mount.backend.aclose()
 

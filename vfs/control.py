@@ -2,7 +2,14 @@
 tiers, reader, backends, writes, FUSE requests, warm-ups), and `warm`, write-only, to which `vfs warm`
 writes its requests (vfs/warm.py): one JSON object per line, all of them in one write (a write is
 one FUSE request of at most 128 KiB); a request the mount refuses fails the write with EINVAL.
-Writing `warm` needs a mount that is not read-only (the kernel refuses writes to an `ro` mount).
+
+A read-only mount cannot take writes (the kernel refuses them with EROFS before vfs sees them), so
+requests have a second way in that only reads the mount: the request goes into a file
+`<requests_dir>/<id>.json` (`requests_dir` is named in `.vfs/stats`: a 0700 directory of the mount's
+user, under $XDG_RUNTIME_DIR or the temp directory, removed at unmount), and a getxattr of
+`user.vfs.request.<id>` on `/.vfs/warm` hands it over (the file is taken and removed; EINVAL as for
+a write if the mount refuses it, ENOENT if there is no such file). Only the mount's user (and root)
+can put a request there.
 
 `/.vfs` is left out of the root's listing, and `warm` out of `/.vfs`'s, but both are found by path. With opens, the stats file is rendered
 afresh at each open and read with direct_io (its size is unknown until rendered); without opens, one
@@ -16,6 +23,9 @@ import errno
 import itertools
 import json
 import os
+import re
+import shutil
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -26,6 +36,8 @@ STATS_FILE = "/.vfs/stats"
 WARM_FILE = "/.vfs/warm"
 VIRTUAL_FH = 1 << 62  # handles of vfs's own files, apart from the reader's
 STATS_REFRESH = 1.0  # seconds one rendering of the stats file is served without opens (one `cat`)
+REQUEST_XATTR = b"user.vfs.request."  # + the id of a request file in requests_dir
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ControlFiles:
@@ -38,6 +50,7 @@ class ControlFiles:
         self._rendering: tuple[float, bytes, int] = (-STATS_REFRESH, b"", 0)  # monotonic, bytes, mtime_ns
         self._open: dict[int, bytes] = {}
         self._ids = itertools.count(VIRTUAL_FH)
+        self._requests_dir: str | None = None
 
     @staticmethod
     def owns(path: str) -> bool:
@@ -65,7 +78,39 @@ class ControlFiles:
         return {"stats": ObjectMeta("stats", False, 0)}
 
     def render(self) -> bytes:
-        return json.dumps(self._stats(), indent=1, sort_keys=True).encode() + b"\n"
+        stats = self._stats()
+        if self._requests is not None:
+            stats["requests_dir"] = self.requests_dir()
+        return json.dumps(stats, indent=1, sort_keys=True).encode() + b"\n"
+
+    def requests_dir(self) -> str:
+        """The directory read-only mounts take requests from (made at the first rendering of stats)."""
+        if self._requests_dir is None:
+            base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+            self._requests_dir = tempfile.mkdtemp(prefix="vfs-requests-", dir=base if os.path.isdir(base) else None)
+        return self._requests_dir
+
+    def take_request(self, path: str, name: bytes) -> bytes:
+        """getxattr of `name` on `path`: the request file it names, handed over like a write to `warm`."""
+        if path != WARM_FILE or not name.startswith(REQUEST_XATTR):
+            raise OSError(errno.ENODATA, os.strerror(errno.ENODATA))
+        rid = name[len(REQUEST_XATTR):].decode(errors="replace")
+        if not REQUEST_ID.fullmatch(rid) or self._requests_dir is None:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), f"{WARM_FILE}: no request {rid!r}")
+        file = os.path.join(self._requests_dir, rid + ".json")
+        try:
+            with open(file, "rb") as f:
+                data = f.read(1 << 20)
+            os.unlink(file)
+        except OSError as exc:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), f"{WARM_FILE}: request {rid}: {exc.strerror}") from None
+        self.write(data)
+        return b"accepted"
+
+    def close(self) -> None:
+        if self._requests_dir is not None:
+            shutil.rmtree(self._requests_dir, ignore_errors=True)
+            self._requests_dir = None
 
     def rendering(self) -> tuple[float, bytes, int]:
         if time.monotonic() - self._rendering[0] >= STATS_REFRESH:

@@ -3,7 +3,8 @@
 Each handler decodes the kernel's arguments, calls the core, and encodes the reply. Every exception
 becomes a FUSEError in ONE place (`_errors`), with the errno from vfs.errors. Writes go to the
 namespace, which stages and commits them; silos keep no POSIX owners, modes or links, so chmod
-changes nothing, chown to another owner, symlink, link and mknod answer EPERM, and xattrs ENOTSUP.
+changes nothing, chown to another owner, symlink, link and mknod answer EPERM, and xattrs ENOTSUP (getxattr:
+ENODATA, except the warm requests of a read-only mount, vfs/control.py).
 
 FLUSH: on a tree where nothing is writable it answers ENOSYS once, and the kernel stops sending it
 (no request per close). Otherwise the patched pyfuse3 answers the FLUSH of every inode that is not
@@ -223,7 +224,8 @@ class FuseOps(pyfuse3.Operations):
         return self.writable or not mode & os.W_OK
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        with self._errors("getxattr"):
+            return self.ns.getxattr(inode, name)
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         return []

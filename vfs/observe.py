@@ -10,6 +10,7 @@ mount is using is read or cleared directly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -216,8 +217,8 @@ warning before its progress and goes on (the first files are then pushed out by 
 --check prints what share of each PATH is cached now, fetching nothing. --evict drops the blocks of
 each PATH from every tier. Both look at the version of each file the silo holds now.
 
-The mount must accept writes (not mounted --read-only or with every write mode off): the kernel
-refuses writes to .vfs/warm on a read-only mount.
+On a read-only mount (the kernel refuses writes to .vfs/warm) the request goes through the mount's
+requests directory instead, which only the mount's user (and root) may write.
 
 Exit status: 0 done without errors, 1 errors or refused, 130 interrupted."""
 
@@ -246,11 +247,36 @@ def find_mount(paths: list[str]) -> tuple[str, list[str]]:
 
 
 def _write_request(mountpoint: str, request: dict[str, Any]) -> None:
-    fd = os.open(os.path.join(mountpoint, ".vfs", "warm"), os.O_WRONLY)
+    """Hand a request to the mount: written to .vfs/warm, or, on a read-only mount (EROFS), put in the
+    mount's requests_dir and handed over with a getxattr (vfs/control.py)."""
+    line = json.dumps(request).encode() + b"\n"
+    warm = os.path.join(mountpoint, ".vfs", "warm")
     try:
-        os.write(fd, json.dumps(request).encode() + b"\n")
+        fd = os.open(warm, os.O_WRONLY)
+    except OSError as exc:
+        if exc.errno != errno.EROFS:
+            raise
+    else:
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        return
+    spool = read_stats(mountpoint).get("requests_dir")
+    if not spool:
+        raise OSError(errno.EROFS, "the mount is read-only and names no requests_dir (an older vfs?)")
+    rid = uuid.uuid4().hex
+    path = os.path.join(spool, rid + ".json")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, line)
     finally:
         os.close(fd)
+    try:
+        os.getxattr(warm, "user.vfs.request." + rid)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # taken by the mount already, unless it refused
 
 
 def _job(mountpoint: str, jid: str) -> dict[str, Any] | None:
@@ -382,7 +408,8 @@ def cmd_warm(args: argparse.Namespace) -> int:
     try:
         _write_request(mountpoint, request)
     except OSError as exc:
-        why = {errno.EROFS: "the mount is read-only: warm-ups need one that accepts writes to .vfs/warm",
+        why = {errno.EROFS: exc.strerror,
+               errno.EACCES: f"cannot hand the request to the mount ({exc}): run vfs warm as the mount's user",
                errno.EINVAL: "the mount refused the request (see its log)",
                errno.ENOENT: "this vfs mount has no .vfs/warm (an older vfs?)"}.get(exc.errno, exc.strerror)
         print(f"vfs: {mountpoint}: {why}", file=sys.stderr)
