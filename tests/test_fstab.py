@@ -191,3 +191,24 @@ if touch {mnt}/d/new.txt 2>&1; then echo WROTE; fi
     finally:
         if pid is not None:  # the trap unmounted; the daemon then ends on its own
             _stop(mnt, pid)
+
+
+def test_an_automount_trigger_at_the_mountpoint_is_mounted_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """x-systemd.automount leaves an autofs trigger at the mountpoint, and the helper's mount goes on top
+    of it. This kernel has no autofs (the container cannot load it), so mountinfo is faked here: the
+    check accepts the trigger and never statfs()es it (a statfs would trigger the automount, which waits
+    for the very mount the helper is doing); any other filesystem there is still refused."""
+    from vfs import app
+
+    def no_statfs(path: str) -> None:
+        raise AssertionError(f"statfs of {path} would trigger the automount")
+
+    monkeypatch.setattr(app.os, "statvfs", no_statfs)
+    monkeypatch.setattr(app, "mounted_at", lambda path: "autofs")
+    app.check_mountpoint(str(tmp_path))
+    monkeypatch.setattr(app, "mounted_at", lambda path: "fuse.vfs")
+    with pytest.raises(AssertionError):  # another filesystem is checked with a statfs, then refused
+        app.check_mountpoint(str(tmp_path))
+    monkeypatch.setattr(app.os, "statvfs", lambda path: None)
+    with pytest.raises(app.MountError, match="already mounted"):
+        app.check_mountpoint(str(tmp_path))

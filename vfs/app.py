@@ -93,13 +93,18 @@ def set_read_ahead(mountpoint: str, kb: int) -> None:
 
 
 def check_mountpoint(path: str) -> None:
-    """Refuse a mountpoint that is stale, already mounted or not a directory, in one clear line."""
+    """Refuse a mountpoint that is stale, already mounted or not a directory, in one clear line.
+
+    An autofs trigger there is no mount to refuse: fstab's `x-systemd.automount` puts one at the
+    mountpoint and, at the first access, runs the mount helper, which mounts vfs on top of it. Only
+    the stat and /proc/self/mountinfo look at it then (they do not trigger an automount; a statfs would,
+    and would wait for the very mount it is part of)."""
     stale = MountError(f"{path}: stale mount left by a vfs process that died; "
                        f"clear it with `vfs unmount {path}` (or `fusermount3 -u -z {path}`)")
     try:
         os.stat(path)
         fstype = mounted_at(path)
-        if fstype is not None:
+        if fstype is not None and fstype != "autofs":
             os.statvfs(path)  # a stat may come from the kernel's cache; statfs always asks the daemon
             raise MountError(f"{path}: already mounted ({fstype}); unmount it first with `vfs unmount {path}`")
     except FileNotFoundError:
