@@ -98,10 +98,15 @@ def silo_error(code: str | None, status: int | None, what: str) -> SiloError:
     return SiloError(err, f"{what} ({detail})" if detail else what, retryable=err in RETRYABLE_ERRNOS)
 
 
-def errno_of(exc: BaseException) -> int:
-    """The errno a reader gets for any exception raised below the FUSE adapter."""
+# What read() answers instead: a program takes EAGAIN from a regular file for "no data yet" (Python's
+# read() returns the bytes so far, or None, with no error: a throttled silo would cut files short).
+READ_ERRNOS = {errno.EAGAIN: errno.EIO}
+
+
+def errno_of(exc: BaseException, op: str = "") -> int:
+    """The errno a reader gets for any exception raised below the FUSE adapter (in FUSE operation `op`)."""
     if isinstance(exc, OSError) and exc.errno:
-        return exc.errno
+        return READ_ERRNOS.get(exc.errno, exc.errno) if op == "read" else exc.errno
     if isinstance(exc, NotImplementedError):
         return errno.ENOSYS
     return errno.EIO

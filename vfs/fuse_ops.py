@@ -54,7 +54,7 @@ class _Errors:
         except pyfuse3.FUSEError:
             raise
         except Exception as exc:
-            err = errno_of(exc)
+            err = errno_of(exc, op)
             if err in _QUIET:
                 log.debug("%s: %s", op, exc)
             else:

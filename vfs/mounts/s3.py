@@ -309,7 +309,11 @@ class S3Backend(WritableBackend):
             return b""
         key = self._key(path)
         if CurlGetter.serves(key):
-            data, retries = await self.run_sync(self.curl.get, key, start, end, version, f"{self.describe()}/{path}")
+            try:
+                data, retries = await self.run_sync(self.curl.get, key, start, end, version, f"{self.describe()}/{path}")
+            except OSError as exc:
+                self.stats.retries += getattr(exc, "retries", 0)
+                raise
             self.stats.retries += retries
             return data
         try:  # keys with "." or ".." segments

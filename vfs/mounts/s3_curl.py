@@ -82,7 +82,8 @@ class CurlGetter:
 
     def get(self, key: str, start: int, end: int, etag: str, what: str) -> tuple[bytes, int]:
         """(bytes [start, end) of the object if its ETag is still `etag`, retries made). Shorter
-        only where the object ends; b"" from its end on. A changed object raises ESTALE."""
+        only where the object ends; b"" from its end on. A changed object raises ESTALE. A raised
+        error carries the retries made before it as `.retries`."""
         headers = [f"Range: bytes={start}-{end - 1}", f"If-Match: {etag}"]
         frozen = self.credentials.get_frozen_credentials() if self.credentials is not None else None
         if frozen is not None:
@@ -124,6 +125,7 @@ class CurlGetter:
                 error = silo_error(code_name, status, what)
                 error.retryable = status in RETRY_STATUS or code_name in RETRY_CODES
             if not error.retryable or attempt == self.max_attempts:
+                error.retries = attempt - 1  # type: ignore[attr-defined]  # counted by the caller, failed or not
                 raise error
             time.sleep(random.uniform(0, min(20.0, 0.05 * 2 ** attempt)))  # full-jitter backoff
         raise AssertionError("unreachable")
