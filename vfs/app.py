@@ -16,7 +16,7 @@ import pyfuse3
 import trio
 
 from vfs import preflight
-from vfs.cache.tiered import build_cache
+from vfs.cache.tiered import build_cache, open_cluster
 from vfs.config import Config, ConfigError
 from vfs.fuse_ops import FuseOps
 from vfs.metadata_store import open_store
@@ -156,7 +156,11 @@ def staging_area(config: Config, mountpoint: str) -> StagingArea:
 
 def build_namespace(config: Config, mountpoint: str | None = None) -> Namespace:
     c = config.cache
-    cache = build_cache(c.block_size, c.ram_size, c.ram_policy, os.path.expanduser(c.ssd_dir), c.ssd_size, c.ssd_policy)
+    cluster = (open_cluster(c.cluster, password=c.cluster_password, password_file=c.cluster_password_file,
+                            tls=c.cluster_tls, timeout=c.cluster_timeout, lease=c.cluster_lease, block_size=c.block_size)
+               if mountpoint is not None else None)
+    cache = build_cache(c.block_size, c.ram_size, c.ram_policy, os.path.expanduser(c.ssd_dir), c.ssd_size, c.ssd_policy,
+                        cluster)
     trace = open(os.path.expanduser(c.trace_file), "a", buffering=1 << 16) if c.trace_file else None
     reader = Reader(cache, prefetch_window=c.prefetch_window, prefetch_memory=c.prefetch_memory, trace=trace)
     table = MountTable(open_backends(config))

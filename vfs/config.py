@@ -8,6 +8,10 @@
     ssd_size = "0"
     ssd_policy = "lru"
     trace_file = ""              # record block accesses for `vfs cache simulate`
+    cluster = ""                 # cluster tier on Redis Cluster: "redis://host:port,host:port" (seed
+                                 # nodes; rediss:// for TLS); "" = off (README "Cluster tier")
+    cluster_password = ""        # or cluster_password_file = "~/.config/vfs/redis.pass"
+    cluster_timeout = 0.5        # seconds a cluster call may cost before the read goes to the silo
 
     [metadata]
     ttl = 60                     # seconds listings/attributes are trusted (kernel timeouts too)
@@ -86,6 +90,21 @@ class CacheConfig:
     prefetch_memory: int = 64 * 1024**2
     trace_file: str = ""
     """Record every block access here as `KEY SIZE` lines, for `vfs cache simulate --trace`."""
+    cluster: str = ""
+    """Seed nodes of the Redis Cluster holding the cluster tier (vfs/cache/cluster.py); '' : no such tier."""
+    cluster_password: str = ""
+    cluster_password_file: str = ""
+    """A file whose first line is the password (kept out of the config file)."""
+    cluster_tls: bool = False
+    """TLS to the cluster (also said by a rediss:// URL)."""
+    cluster_timeout: float = 0.5
+    """Seconds one cluster call may cost at most; past it the read goes to the silo."""
+    cluster_lease: float = 2.0
+    """Seconds a node waits for a block another node is fetching before it fetches the block itself."""
+
+    def cluster_seeds(self) -> tuple[bool, list[tuple[str, int]]]:
+        """(TLS, seed nodes) of `cluster`; ValueError if it is not such a URL."""
+        return parse_cluster_url(self.cluster, self.cluster_tls)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +189,8 @@ class Config:
 _SIZE_KEYS = {"block_size", "ram_size", "ssd_size", "prefetch_window", "prefetch_memory", "staging_size", "part_size",
               "chunk_size", "export_cache_bytes"}
 # Keys whose values never appear in a message (a typo must not print a credential to a terminal or a log).
-SECRET_KEYS = frozenset({"secret_access_key", "access_key_id", "session_token", "password", "token", "credentials"})
+SECRET_KEYS = frozenset({"secret_access_key", "access_key_id", "session_token", "password", "token", "credentials",
+                         "cluster_password"})
 _SECONDS = 1e9  # ~31 years: beyond it a time is a typo, and some consumers (kernel timeouts) overflow
 _TIMEOUT = 86400.0  # one call waiting longer than a day is a typo; libnfs takes milliseconds in an int
 _COUNT = 10**9
@@ -179,7 +199,8 @@ _MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 _LIMITS: dict[str, tuple[float, float]] = {
     **dict.fromkeys(("ttl", "negative_ttl", "write_back_delay", "drain_timeout", "retry_base_delay",
                      "retry_max_delay", "dir_cache_ttl"), (0.0, _SECONDS)),
-    **dict.fromkeys(("connect_timeout", "read_timeout", "retry_timeout", "timeout"), (0.001, _TIMEOUT)),
+    **dict.fromkeys(("connect_timeout", "read_timeout", "retry_timeout", "timeout", "cluster_timeout"), (0.001, _TIMEOUT)),
+    "cluster_lease": (0.0, 3600.0),
     "concurrency": (1, 1024), "upload_concurrency": (1, 1024), "page_size": (1, 1000), "max_attempts": (1, 100),
     "max_retries": (0, 100), "rename_limit": (0, _COUNT), "read_ahead_kb": (0, 1 << 20),
     "dir_cache_size": (0, _COUNT), "file_cache_size": (0, _COUNT),
@@ -280,6 +301,29 @@ def _check_string(key: str, value: str) -> None:
         raise ValueError(f"{shown(key, value)} is not one of {', '.join(_CHOICES[key])}")
     elif key == "addr":
         check_addr(value)
+    elif key == "cluster":
+        parse_cluster_url(value)
+
+
+def parse_cluster_url(url: str, tls: bool = False) -> tuple[bool, list[tuple[str, int]]]:
+    """`redis://host:port,host:port` (`rediss://`: TLS) -> (TLS, seed nodes); '' -> (tls, []).
+    ValueError naming what is wrong; the message never shows a password given in the URL."""
+    if not url:
+        return tls, []
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss"):
+        raise ValueError("expected redis://HOST:PORT[,HOST:PORT...] (rediss:// for TLS)")
+    if "@" in rest:
+        raise ValueError("give the password as cluster_password or cluster_password_file, not in the URL")
+    seeds = []
+    for node in rest.rstrip("/").split(","):
+        host, sep, port = node.strip().rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535 \
+                or not re.fullmatch(r"[A-Za-z0-9.:-]+", host):
+            raise ValueError(f"expected HOST:PORT for each seed node, got {node.strip()[:80]!r}")
+        seeds.append((host, int(port)))
+    return tls or scheme == "rediss", seeds
 
 
 def _check(key: str, value: Any) -> None:

@@ -26,7 +26,7 @@ import hashlib
 import itertools
 import logging
 import os
-from typing import TextIO
+from typing import Any, Callable, TextIO
 
 import trio
 
@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 # sequential (at most half a block): the kernel's readahead sends up to read_ahead_kb (1 MiB when
 # raised) in several concurrent requests, which trio may serve in any order.
 SEQUENTIAL_SLACK = 2 * 1024 * 1024
+
+
+def confirmed(version: str) -> bool:
+    """Whether blocks of `version` may be shared through the cluster tier: a version the silo named
+    (read_range checks it), not a local file's staged version nor none."""
+    return bool(version) and not version.startswith("staged:")
 
 
 @dataclasses.dataclass(eq=False)
@@ -133,11 +139,29 @@ class Reader:
                 if data is None:
                     start = index * self.block_size
                     end = min(start + self.block_size, h.size)
-                    data = await h.mount.backend.read_range(h.path, start, end, h.version)
-                    if len(data) != end - start:  # a body cut short that the backend missed: never cached
-                        raise SiloError(errno.EIO, f"{h.mount.backend.describe()}/{h.path}: {len(data)} bytes "
-                                        f"where {end - start} were asked for at {start}", retryable=True)
+                    shared = self.cache.cluster is not None and confirmed(h.version)
+                    silo = h.mount.backend.describe()
+                    if shared:
+                        data = await self.cache.from_cluster(key, silo)
+                        if data is not None and len(data) != end - start:  # cannot happen: the tier checks
+                            log.warning("cluster tier: block %d of %s has %d bytes, not %d; fetched from the silo",
+                                        index, h.path, len(data), end - start)
+                            data = None
+                        if data is not None:
+                            return data
+                    try:
+                        data = await h.mount.backend.read_range(h.path, start, end, h.version)
+                        if len(data) != end - start:  # a body cut short that the backend missed: never cached
+                            raise SiloError(errno.EIO, f"{silo}/{h.path}: {len(data)} bytes where {end - start} "
+                                            f"were asked for at {start}", retryable=True)
+                    except BaseException:
+                        if shared:  # nodes waiting for this block fetch it themselves
+                            with trio.CancelScope(shield=True):
+                                await self.cache.withdraw(key, silo)
+                        raise
                     await self.cache.put(key, data)
+                    if shared:
+                        await self.cache.offer(key, silo, data)
                 return data
             except Exception as exc:
                 if not prefetch:
@@ -283,8 +307,25 @@ _WRITER_COUNTERS = (
 )
 
 
+# The cluster tier's figures (ClusterTier.stats()) that the other tiers have too: its field -> the tiers' field.
+_CLUSTER_AS_TIER = {"hits": "hits", "misses": "misses", "hit_bytes": "hit_bytes", "stores": "inserts",
+                    "store_bytes": "insert_bytes"}
+# ...and its own: (field, metric name, help).
+_CLUSTER_COUNTERS = (
+    ("fallbacks", "cluster_fallbacks", "Reads sent to the silo because the cluster tier failed, was off or a lease expired"),
+    ("lease_won", "cluster_leases_won", "Blocks this node fetched from the silo for the cluster"),
+    ("lease_waits", "cluster_lease_waits", "Blocks this node waited for while another node fetched them"),
+    ("lease_wait_hits", "cluster_lease_wait_hits", "Waits for another node's fetch that ended with the block"),
+    ("lease_expired", "cluster_leases_expired", "Waits for another node's fetch that ended without the block"),
+    ("switched_off", "cluster_switched_off", "Times the cluster tier switched itself off after repeated failures"),
+    ("offers_dropped", "cluster_offers_dropped", "Blocks not offered to the cluster tier: its queue was full"),
+)
+
+
 def register_cache(registry: Registry, cache: BlockCache) -> None:
     """The tiers' own counters (vfs/cache keeps them), read through callbacks when rendered."""
+    if cache.cluster is not None:
+        _register_cluster(registry, cache)
     tiers = [("ram", cache.ram)] + ([("ssd", cache.ssd)] if cache.ssd is not None else [])
     for field, name, help in _TIER_COUNTERS:
         family = registry.counter(name, help, ("tier",), ("tiers", "{tier}", field))
@@ -320,3 +361,27 @@ def register_cache(registry: Registry, cache: BlockCache) -> None:
     registry.gauge("ssd_writer_queued_bytes", "Bytes queued for the SSD", (), ("tiers", "ssd_writer", "queued_bytes")
                    ).labels().set_function(lambda: writer.queued_bytes)
     registry.static(("tiers", "ssd_writer", "write_through"), cache.write_through)
+
+
+def _register_cluster(registry: Registry, cache: BlockCache) -> None:
+    """The cluster tier's figures, from one `stats()` per rendering of each (a dict of ints)."""
+    cluster = cache.cluster
+    assert cluster is not None
+
+    def figure(field: str) -> Callable[[], Any]:
+        if field == "offers_dropped":
+            return lambda: cache.offers_dropped
+        return lambda: cluster.stats().get(field, 0)
+
+    names = {field: (name, help) for field, name, help in _TIER_COUNTERS}
+    for field, as_tier in _CLUSTER_AS_TIER.items():
+        name, help = names[as_tier]
+        registry.counter(name, help, ("tier",), ("tiers", "{tier}", as_tier)).labels("cluster").set_function(figure(field))
+    registry.counter("cache_errors", "Failed reads and writes of the tier", ("tier",), ("tiers", "{tier}", "errors")
+                     ).labels("cluster").set_function(figure("errors"))
+    registry.counter("cache_corrupt_blocks", "Blocks found corrupt and dropped", ("tier",), ("tiers", "{tier}", "corrupt")
+                     ).labels("cluster").set_function(figure("corrupt"))
+    for field, name, help in _CLUSTER_COUNTERS:
+        registry.counter(name, help, (), ("tiers", "cluster", field)).labels().set_function(figure(field))
+    registry.gauge("cluster_online", "1 while the cluster tier is in use, 0 while it is switched off", (),
+                   ("tiers", "cluster", "online")).labels().set_function(lambda: 0 if figure("off")() else 1)

@@ -33,13 +33,13 @@ import logging
 import struct
 import threading
 import time
-import urllib.parse
 import uuid
 from typing import Any
 
 import google_crc32c
 
 from vfs.cache.block import BlockKey
+from vfs.config import parse_cluster_url
 
 log = logging.getLogger(__name__)
 
@@ -55,26 +55,6 @@ _POLL = "if redis.call('EXISTS', KEYS[1]) == 1 then return {1} end return {0, re
 
 _COUNTERS = ("hits", "misses", "hit_bytes", "stores", "store_bytes", "corrupt", "errors", "fallbacks",
              "lease_won", "lease_waits", "lease_wait_hits", "lease_expired", "switched_off")
-
-
-def parse_url(url: str) -> tuple[list[tuple[str, int]], bool, str | None]:
-    """``redis://[:password@]host:port,host:port`` -> (seeds, tls, password). Raises ValueError."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("redis", "rediss"):
-        raise ValueError("the url must start with redis:// or rediss://")
-    rest = rest.split("/", 1)[0].split("?", 1)[0]
-    userinfo, at, hosts = rest.rpartition("@")
-    password = urllib.parse.unquote(userinfo.partition(":")[2]) or None if at else None
-    seeds = []
-    for part in hosts.split(","):
-        host, colon, port = part.strip().rpartition(":")
-        if not colon:
-            host, port = port, "6379"
-        host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"bad seed node {part.strip()!r} (host:port)")
-        seeds.append((host, int(port)))
-    return seeds, scheme == "rediss", password
 
 
 class ClusterTier:
@@ -114,13 +94,11 @@ class ClusterTier:
     def connect(cls, url: str, **kw: Any) -> "ClusterTier | None":
         """Connect to the cluster at `url` and check that it answers; None (and one warning line) if not."""
         try:
-            seeds, tls, url_password = parse_url(url)
+            tls, seeds = parse_cluster_url(url, kw.pop("tls", False))
         except ValueError as e:
-            log.warning("cluster tier not used: bad url (%s); expected redis://host:port,host:port", e)
+            log.warning("cluster tier not used: bad url (%s)", e)
             return None
-        kw.setdefault("tls", tls)
-        if url_password is not None:
-            kw.setdefault("password", url_password)
+        kw["tls"] = tls
         where = ",".join(f"{h}:{p}" for h, p in seeds)
         tier = None
         try:

@@ -31,7 +31,7 @@ The SSD tier's policy sees RAM hits too (`SsdStore.touch`), so a block hot enoug
 the SSD's first victim in LRU order.
 
 SSD I/O never runs on the trio thread: reads go through `trio.to_thread.run_sync` (under a
-CapacityLimiter), writes through one writer thread fed by a bounded queue (`SsdWriter`). A block
+CapacityLimiter), writes through one writer thread fed by a bounded queue (`BlockWriter`). A block
 waiting in that queue is served from it. An SSD error is a miss (SsdStore logs it; this module also
 turns any unexpected exception from the SSD into a logged miss).
 """
@@ -42,8 +42,9 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import trio
 
@@ -51,6 +52,9 @@ from vfs.cache.block import BlockKey
 from vfs.cache.policy import EvictionPolicy, policy_class
 from vfs.cache.ram import RamStore
 from vfs.cache.ssd import SSD_ERRORS, SsdStore
+
+if TYPE_CHECKING:
+    from vfs.cache.cluster import ClusterTier
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,8 @@ SSD_QUEUE_BYTES = 64 * 2**20  # bytes of evicted blocks waiting for the SSD writ
 # budget); bench/cache_tiering.py measured the writer alone at 50-230 MiB/s on this shared disk, so a
 # full queue drains in 0.3-1.3 s; a larger one only buffers a silo faster than the disk (readers then
 # wait for room: the queue is never unbounded and no block is lost)
+CLUSTER_THREADS = 16  # cluster lookups at once; a lookup may wait up to cluster_lease for another node's fetch
+CLUSTER_QUEUE_BYTES = 64 * 2**20  # blocks on their way to the cluster tier; when full, an offer is dropped
 
 
 def make_policy(policy: str | type[EvictionPolicy], capacity: int) -> EvictionPolicy:
@@ -79,21 +85,23 @@ class WriterStats:
     failed: int = 0
 
 
-class SsdWriter:
-    """One thread that writes queued blocks to the SSD store, in order; the queue is bounded in bytes."""
+class BlockWriter:
+    """One thread that hands queued blocks to `put` (the SSD store's, the cluster tier's), in order; the
+    queue is bounded in bytes."""
 
-    def __init__(self, ssd: SsdStore, max_bytes: int = SSD_QUEUE_BYTES) -> None:
-        self.ssd = ssd
+    def __init__(self, put: Callable[[Any, bytes], None], name: str, max_bytes: int = SSD_QUEUE_BYTES) -> None:
+        self.put = put
+        self.name = name
         self.max_bytes = max_bytes
         self.stats = WriterStats()
         self.queued_bytes = 0
-        self._queue: collections.OrderedDict[BlockKey, bytes] = collections.OrderedDict()
-        self._inflight: dict[BlockKey, bytes] = {}
+        self._queue: collections.OrderedDict[Any, bytes] = collections.OrderedDict()
+        self._inflight: dict[Any, bytes] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def submit(self, key: BlockKey, data: bytes) -> bool:
+    def submit(self, key: Any, data: bytes) -> bool:
         """Queue a block (non-blocking); False if the queue has no room for it now."""
         with self._cond:
             if self._closed:
@@ -107,7 +115,7 @@ class SsdWriter:
             self.queued_bytes += len(data)
             self.stats.queued += 1
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="vfs-ssd-writer", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
             self._cond.notify()
             return True
@@ -152,10 +160,10 @@ class SsdWriter:
                 key, data = self._queue.popitem(last=False)
                 self._inflight[key] = data
             try:
-                self.ssd.put(key, data)
+                self.put(key, data)
                 ok = True
-            except Exception:  # SsdStore logs its own errors; anything else is a bug: log, keep writing
-                log.exception("SSD writer failed on %r", key)
+            except Exception:  # the stores log their own errors; anything else is a bug: log, keep writing
+                log.exception("%s failed on %r", self.name, key)
                 ok = False
             with self._cond:
                 del self._inflight[key]
@@ -176,14 +184,21 @@ def _tier_stats(store: RamStore | SsdStore) -> dict:
 
 class BlockCache:
     def __init__(self, block_size: int, ram: RamStore, ssd: SsdStore | None = None, *,
-                 write_through: bool = WRITE_THROUGH, queue_bytes: int = SSD_QUEUE_BYTES) -> None:
+                 write_through: bool = WRITE_THROUGH, queue_bytes: int = SSD_QUEUE_BYTES,
+                 cluster: ClusterTier | None = None) -> None:
         self.block_size = block_size
         self.ram = ram
         self.ssd = ssd
         self.write_through = write_through
-        self.writer = SsdWriter(ssd, queue_bytes) if ssd is not None else None
+        self.writer = BlockWriter(ssd.put, "vfs-ssd-writer", queue_bytes) if ssd is not None else None
         self.ssd_failures = 0
         self._limiter: trio.CapacityLimiter | None = None
+        self.cluster = cluster
+        self.offers = (BlockWriter(lambda ks, data: cluster.put(ks[0], ks[1], data), "vfs-cluster-offers",
+                                   CLUSTER_QUEUE_BYTES) if cluster is not None else None)
+        self.offers_dropped = 0
+        """Blocks not offered to the cluster tier: its queue was full."""
+        self._cluster_limiter: trio.CapacityLimiter | None = None
 
     async def get(self, key: BlockKey) -> bytes | None:
         data = self.ram.get(key)
@@ -231,6 +246,41 @@ class BlockCache:
         while not self.writer.submit(key, data):
             await trio.to_thread.run_sync(self.writer.wait_for_room, len(data), 1.0)
 
+    # --- the cluster tier: after RAM and SSD, before the silo ------------------------------------
+
+    async def from_cluster(self, key: BlockKey, silo: str) -> bytes | None:
+        """After a miss in RAM and SSD: the cluster tier's copy of the block, or the copy another node
+        is fetching, waited for (its lease); a hit fills the local tiers. None: the caller fetches it
+        from the silo and then calls `offer` (or `withdraw` if that fails)."""
+        if self.cluster is None:
+            return None
+        if self._cluster_limiter is None:
+            self._cluster_limiter = trio.CapacityLimiter(CLUSTER_THREADS)
+        data = await trio.to_thread.run_sync(self._cluster_lookup, key, silo, limiter=self._cluster_limiter)
+        if data is not None:
+            await self._to_ram(key, data)
+        return data
+
+    def _cluster_lookup(self, key: BlockKey, silo: str) -> bytes | None:
+        assert self.cluster is not None
+        data = self.cluster.get(key, silo)
+        return data if data is not None else self.cluster.claim_or_wait(key, silo)
+
+    async def offer(self, key: BlockKey, silo: str, data: bytes) -> None:
+        """A block just fetched from the silo, for the cluster tier: queued for a thread of its own (a
+        reader never waits for Redis); the lease taken by `from_cluster` goes when it is stored."""
+        if self.offers is None:
+            return
+        if not self.offers.submit((key, silo), data):
+            self.offers_dropped += 1
+            await self.withdraw(key, silo)
+
+    async def withdraw(self, key: BlockKey, silo: str) -> None:
+        """The silo fetch after `from_cluster` failed (or its offer was dropped): let the nodes waiting
+        for the block fetch it themselves now."""
+        if self.cluster is not None:
+            await trio.to_thread.run_sync(self.cluster.release, key, silo, limiter=self._cluster_limiter)
+
     @contextlib.contextmanager
     def pinned(self, key: BlockKey) -> Iterator[None]:
         """Keep `key` from being chosen as a victim in every tier while the block is in use."""
@@ -270,6 +320,9 @@ class BlockCache:
     def close(self) -> None:
         """Write what is queued and what is only in RAM, stop the writer, close the SSD store (unmount;
         blocks the calling thread)."""
+        if self.offers is not None and self.cluster is not None:
+            self.offers.close(timeout=5.0)
+            self.cluster.close()
         if self.writer is not None:
             self.writer.close()
             assert self.ssd is not None
@@ -293,20 +346,41 @@ class BlockCache:
                           "damaged_db": self.ssd.damaged_db, "off": self.ssd.off}
             out["ssd_writer"] = {**dataclasses.asdict(self.writer.stats), "queued_bytes": self.writer.queued_bytes,
                                  "write_through": self.write_through}
+        if self.cluster is not None:
+            out["cluster"] = {**self.cluster.stats(), "offers_dropped": self.offers_dropped}
         return out
 
 
 def build_cache(block_size: int, ram_size: int, ram_policy: str, ssd_dir: str | None, ssd_size: int,
-                ssd_policy: str) -> BlockCache:
+                ssd_policy: str, cluster: ClusterTier | None = None) -> BlockCache:
     """The cache the `[cache]` table describes; no SSD tier when ssd_dir is empty, ssd_size is 0 or the
-    directory cannot be used."""
+    directory cannot be used; the cluster tier if `open_cluster` gave one."""
     if block_size <= 0 or ram_size < 0 or ssd_size < 0:
         raise ValueError("cache sizes must be positive")
     ram = RamStore(ram_size, make_policy(ram_policy, ram_size))
     ssd = None
     if ssd_dir and ssd_size > 0:
         ssd = open_ssd(ssd_dir, ssd_size, make_policy(ssd_policy, ssd_size))
-    return BlockCache(block_size, ram, ssd)
+    return BlockCache(block_size, ram, ssd, cluster=cluster)
+
+
+def open_cluster(url: str, *, password: str, password_file: str, tls: bool, timeout: float, lease: float,
+                 block_size: int) -> ClusterTier | None:
+    """The cluster tier on the Redis Cluster at `url`, or None (one warning saying why: an unreadable
+    password file, a wrong password, no node answering) so that the mount runs without it."""
+    if not url:
+        return None
+    if password_file:
+        try:
+            with open(os.path.expanduser(password_file)) as f:
+                password = f.readline().rstrip("\r\n")
+        except OSError as exc:
+            log.warning("cluster tier off: password file %s: %s", password_file, exc.strerror)
+            return None
+    from vfs.cache.cluster import ClusterTier  # the Redis client is imported only where a cluster is configured
+
+    return ClusterTier.connect(url, password=password or None, tls=tls, timeout=timeout, lease_seconds=lease,
+                               block_size=block_size)
 
 
 def open_ssd(ssd_dir: str, ssd_size: int, policy: EvictionPolicy) -> SsdStore | None:
