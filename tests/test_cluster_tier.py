@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import redis
 
 from tests.redis_cluster import LocalCluster, local_cluster, redis_available, redis_cluster  # noqa: F401  (fixture)
 from tests.servers import free_port
@@ -396,3 +397,23 @@ def test_switch_off_and_back(tmp_path: Path, caplog) -> None:  # type: ignore[no
             assert not t.stats()["off"] and t.stats()["switched_off"] == 1
         finally:
             t.close()
+
+
+def test_the_documented_redis_conf_is_accepted_by_redis_server(tmp_path: Path) -> None:
+    """docs/redis-cache.conf, as the README tells people to use it, starts a cluster-enabled cache node."""
+    from tests.redis_cluster import cluster_port
+    from tests.servers import HOST, server
+
+    port = cluster_port(set())  # its cluster bus port, +10000, must be free and below 65536 too
+    text = (Path(__file__).parent.parent / "docs" / "redis-cache.conf").read_text()
+    text = text.replace("port 7000", f"port {port}").replace("bind 0.0.0.0", f"bind {HOST}")
+    (tmp_path / "redis.conf").write_text(text + f"\ndir {tmp_path}\n")
+    with server(["redis-server", str(tmp_path / "redis.conf")], port, tmp_path / "redis.log"):
+        node = redis.Redis(host=HOST, port=port, password="CHANGE-ME")
+        try:
+            got = {k: node.config_get(k)[k] for k in ("maxmemory-policy", "save", "appendonly", "cluster-require-full-coverage")}
+            assert got == {"maxmemory-policy": "allkeys-lru", "save": "", "appendonly": "no",
+                           "cluster-require-full-coverage": "no"}
+            assert node.info("cluster")["cluster_enabled"] == 1
+        finally:
+            node.close()
