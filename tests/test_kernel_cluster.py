@@ -76,6 +76,12 @@ def read_all(m: VfsMount, order: list[str]) -> dict[str, bool]:
     return {key: read_file(m.path / "s3" / key) == DATASET[key] for key in order}
 
 
+def vfs_cli(*args: object) -> str:
+    done = subprocess.run([sys.executable, "-m", "vfs", *map(str, args)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def clear_local(m: VfsMount) -> None:
     """Drop the mount's RAM and SSD tiers and the kernel's pages of the dataset (the cluster tier keeps
     its blocks): the next read of a file reaches vfs and its lookups go past the local tiers."""
@@ -140,6 +146,11 @@ def test_three_nodes_download_the_dataset_about_once(three: list[VfsMount], redi
     assert fetched <= 1.5 * DATASET_BYTES, "without the tier the silo would serve 3x the dataset"
     assert sum(t["hits"] + t["lease_wait_hits"] for t in tiers) > 0
     assert all(t["corrupt"] == 0 and t["errors"] == 0 for t in tiers), tiers
+    shown = vfs_cli("stats", three[0].path)
+    assert "cluster tier: online" in shown and "\ncluster " in shown, shown
+    status = json.loads(vfs_cli("status", "--json", three[1].path))
+    assert status["cluster"]["online"] is True and status["cluster"]["hits"] == tiers[1]["hits"], status
+    assert "cluster tier: online" in vfs_cli("status", three[2].path)
     # A fourth read, after each node drops its local tiers, comes from the cluster: no silo byte.
     before = [silo_bytes(m) for m in three]
     for m in three:

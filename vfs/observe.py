@@ -39,9 +39,10 @@ def _mean_ms(seconds: float, n: int) -> str:
 
 def format_stats(stats: dict[str, Any]) -> str:
     tiers = [
-        (name, t.get("policy", ""), f"{format_size(t.get('used', 0))} / {format_size(t.get('capacity', 0))}",
-         t.get("blocks", ""), t.get("hits", 0), t.get("misses", 0), _ratio(t.get("hits", 0), t.get("misses", 0)),
-         t.get("evictions", 0))
+        (name, t.get("policy", "redis" if name == "cluster" else ""),
+         f"{format_size(t.get('used', 0))} / {format_size(t.get('capacity', 0))}" if "capacity" in t else "-",
+         t.get("blocks", "-"), t.get("hits", 0), t.get("misses", 0), _ratio(t.get("hits", 0), t.get("misses", 0)),
+         t.get("evictions", "-"))
         for name, t in stats["tiers"].items() if isinstance(t, dict) and "hits" in t
     ]
     backends = [
@@ -60,6 +61,12 @@ def format_stats(stats: dict[str, Any]) -> str:
                  f"{format_size(w['staging_capacity'])}), {w['pending_commits']} commits pending "
                  f"({w.get('failing_commits', 0)} failing), {w['commits']} done, {w['conflicts']} conflicts, "
                  f"{w['commit_failures']} failed tries\n\n")
+    c = stats["tiers"].get("cluster")
+    if isinstance(c, dict):
+        head += (f"cluster tier: {'online' if c.get('online', 1) else 'OFF (switched off after failures)'}, "
+                 f"{c.get('lease_won', 0)} blocks fetched for the cluster, {c.get('lease_waits', 0)} waited for "
+                 f"({c.get('lease_expired', 0)} in vain), {c.get('fallbacks', 0)} fallbacks to the silo, "
+                 f"{c.get('errors', 0)} errors, {c.get('corrupt', 0)} corrupt\n\n")
     return (head
             + render(("tier", "policy", "fill", "blocks", "hits", "misses", "hit ratio", "evictions"), tiers, "cache (hits and misses count block lookups)")
             + "\n"
@@ -78,6 +85,8 @@ def status(stats: dict[str, Any]) -> dict[str, Any]:
         "tiers": {name: {"used": t.get("used", 0), "capacity": t.get("capacity", 0), "fill": t.get("fill", 0.0),
                          "blocks": t.get("blocks", 0)}
                   for name, t in stats["tiers"].items() if isinstance(t, dict) and "capacity" in t},
+        "cluster": ({"online": bool(c.get("online", 1)), "hits": c.get("hits", 0), "fallbacks": c.get("fallbacks", 0),
+                     "errors": c.get("errors", 0)} if isinstance(c := stats["tiers"].get("cluster"), dict) else None),
         "uploads": {"pending": w.get("pending_commits", 0), "failing": w.get("failing_commits", 0)},
         "warm": {jid: j for jid, j in stats.get("warm", {}).get("jobs", {}).items() if j["state"] in ("listing", "running")},
     }
@@ -94,6 +103,8 @@ def format_status(st: dict[str, Any]) -> str:
     return (f"vfs pid {st['pid']}, up {st['uptime_s']:.0f} s; uploads: {up['pending']} pending, {up['failing']} failing\n\n"
             + render(("mount", "silo", "state", "offline since", "last error"), silos, "silos")
             + "\n" + render(("tier", "used / capacity", "fill", "blocks"), tiers, "cache")
+            + (f"cluster tier: {'online' if cl['online'] else 'OFF'}, {cl['hits']} hits, {cl['fallbacks']} fallbacks, "
+               f"{cl['errors']} errors\n" if (cl := st.get("cluster")) else "")
             + "\n" + (render(("job", "op", "state", "files", "bytes", "errors"), warm, "warm-ups running")
                       if warm else "warm-ups running: none\n"))
 
