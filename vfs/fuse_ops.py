@@ -30,6 +30,8 @@ from vfs.namespace import Entry, Namespace
 
 log = logging.getLogger(__name__)
 
+# The patched pyfuse3 (scripts/setup) lets opendir ask the kernel to cache listings (FOPEN_CACHE_DIR).
+CACHE_DIRS = getattr(pyfuse3, "VFS_PATCH", 0) >= 4
 # Errors a reader expects in normal use: logged at debug, not as warnings.
 _QUIET = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSYS, errno.ENODATA, errno.EEXIST,
           errno.ENOTEMPTY, errno.EXDEV, errno.EPERM, errno.ENOTSUP}
@@ -134,9 +136,12 @@ class FuseOps(pyfuse3.Operations):
             except Exception:  # forget must never raise
                 log.exception("forget(%d, %d)", inode, n)
 
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
         with self._errors("opendir"):
-            return await self.ns.opendir(inode)
+            fh = await self.ns.opendir(inode)
+            if CACHE_DIRS:  # the kernel caches listings; an unchanged one is read from its cache
+                return pyfuse3.FileInfo(fh=fh, keep_cache=self.ns.listing_unchanged(fh))
+            return fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         with self._errors("readdir"):

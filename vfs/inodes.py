@@ -28,6 +28,8 @@ class Inode:
     """The version whose pages the kernel may hold in its page cache (decides keep_cache)."""
     told: ObjectMeta | None = None
     """A file's metadata as the kernel was last told it (the version reads serve without opens)."""
+    listing: int | None = None
+    """A directory's listing as the kernel may hold it in its readdir cache (decides keep_cache at opendir)."""
 
 
 class InodeTable:
@@ -46,6 +48,10 @@ class InodeTable:
 
     def known(self, ino: int) -> bool:
         return ino in self._by_ino
+
+    def at(self, path: str) -> Inode | None:
+        """The inode that owns `path`, if the kernel holds one."""
+        return self._by_path.get(path)
 
     def assign(self, path: str, is_dir: bool) -> Inode:
         """The inode for `path` of that kind, created with no lookups if there is none."""

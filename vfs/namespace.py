@@ -67,10 +67,14 @@ class Entry:
     """Anything may change it (its mount's write mode is not off)."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class DirHandle:
     path: str
     entries: list[tuple[str, ObjectMeta, float]]  # name, meta, timeout; offsets are indexes + 2
+    complete: bool = False
+    """Read to its end: the kernel's readdir cache holds all of it."""
+    unchanged: bool = False
+    """The listing is the one the kernel cached at an earlier open: it may answer from its cache."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -244,6 +248,10 @@ class Namespace:
             self._nursery.start_soon(self.invalidate_kernel, ino)
 
     async def opendir(self, ino: int) -> int:
+        """A handle on a snapshot of the directory's listing. Its `unchanged` says whether the kernel
+        may answer its readdir from the listing it cached at an earlier open (keep_cache). Every
+        opendir reaches vfs, which revalidates the listing as its TTL says; only the READDIR requests
+        of an unchanged listing are saved."""
         node = self._node(ino)
         if not node.is_dir:
             raise _error(errno.ENOTDIR, node.path)
@@ -271,8 +279,18 @@ class Namespace:
             mount = self.table.by_path.get(child_of(node.path, name))
             children[name] = (ObjectMeta(name, True), mount.ttl if mount else self.default_ttl)
         fh = next(self._dir_ids)
-        self._dirs[fh] = DirHandle(node.path, [(n, m, t) for n, (m, t) in sorted(children.items())])
+        handle = DirHandle(node.path, [(n, m, t) for n, (m, t) in sorted(children.items())])
+        handle.unchanged = node.listing is not None and node.listing == self._listing(handle)
+        self._dirs[fh] = handle
         return fh
+
+    def _listing(self, handle: DirHandle) -> int:
+        """What the kernel's readdir cache holds of a listing: names, kinds and inode numbers."""
+        def ino(name: str, is_dir: bool) -> int:
+            child = self.inodes.at(child_of(handle.path, name))
+            return child.ino if child is not None and child.is_dir == is_dir else 0
+
+        return hash(tuple((name, meta.is_dir, ino(name, meta.is_dir)) for name, meta, _ in handle.entries))
 
     def readdir(self, fh: int, start: int, reply: Callable[[str, Entry, int], bool]) -> None:
         """Offer entries from offset `start` to `reply(name, entry, next_offset)` until it says no.
@@ -284,6 +302,8 @@ class Namespace:
         handle = self._dirs.get(fh)
         if handle is None:
             raise _error(errno.EBADF, f"directory handle {fh}")
+        if start >= len(handle.entries) + 2:
+            handle.complete = True
         for offset in range(start, len(handle.entries) + 2):
             if offset < 2:
                 node = self.inodes.assign(handle.path if offset == 0 else parent_of(handle.path), True)
@@ -299,8 +319,20 @@ class Namespace:
                 return
             self.inodes.ref(node)
 
+    def listing_unchanged(self, fh: int) -> bool:
+        handle = self._dirs.get(fh)
+        return handle is not None and handle.unchanged
+
     def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        handle = self._dirs.pop(fh, None)
+        node = self.inodes.at(handle.path) if handle is not None else None
+        if node is not None and node.is_dir:
+            # Read to the end: the kernel cached this listing (FOPEN_CACHE_DIR); answered from the kernel's
+            # cache: it still holds it. Otherwise what it holds is unknown.
+            if handle.complete:  # type: ignore[union-attr]
+                node.listing = self._listing(handle)  # type: ignore[arg-type]
+            elif not handle.unchanged:  # type: ignore[union-attr]
+                node.listing = None
 
     async def open(self, ino: int, flags: int) -> OpenFile:
         """Open a file (with opens only; without, the kernel answers opens itself and this says ENOSYS)."""
