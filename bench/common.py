@@ -1,5 +1,6 @@
 """Shared helpers of the benchmark scripts in bench/: dropping the page cache, timing reads,
-summarising samples, reading a mount's /.vfs/stats, and writing bench/out/<name>.json.
+summarising samples and repeated runs (median, min-max, spread), reading a mount's /.vfs/stats, and
+writing bench/out/<name>.json.
 
 Benchmarks report ratios against a baseline measured in the same run and never assert times.
 Run them from the repository root (`python bench/<name>.py`) so `tests` and `vfs` import.
@@ -106,17 +107,46 @@ def mount_stats(mountpoint: str | Path) -> dict[str, Any]:
     return read_stats(str(mountpoint))
 
 
-def run_scenarios(scenarios: dict[str, Callable[[Any], None]], names: Sequence[str], bench: Any) -> None:
+def run_scenarios(scenarios: dict[str, Callable[[Any], None]], names: Sequence[str], bench: Any,
+                  tag: str = "") -> None:
     """`scenarios[name](bench)` for each name, timed; a scenario that fails is logged and recorded in
-    `bench.errors` (the report shows it) and the others still run."""
+    `bench.errors` under name + tag (the report shows it) and the others still run."""
     for name in names:
         t = time.perf_counter()
         try:
             scenarios[name](bench)
         except Exception as exc:
-            log.exception("scenario %s failed", name)
-            bench.errors[name] = f"{type(exc).__name__}: {exc}"
-        log.info("scenario %s took %.0f s", name, time.perf_counter() - t)
+            log.exception("scenario %s%s failed", name, tag)
+            bench.errors[name + tag] = f"{type(exc).__name__}: {exc}"
+        log.info("scenario %s%s took %.0f s", name, tag, time.perf_counter() - t)
+
+
+# A figure whose runs spread more than this ((max - min) / median) is flagged as unsteady.
+SPREAD_LIMIT = 0.15
+
+
+def run_summary(values: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max and spread ((max - min) / median) of one figure's runs, and the runs themselves."""
+    vals = [float(v) for v in values]
+    med = statistics.median(vals)
+    lo, hi = min(vals), max(vals)
+    spread = (hi - lo) / med if med else (0.0 if hi == lo else float("inf"))
+    return {"median": med, "min": lo, "max": hi, "spread": spread, "unsteady": spread > SPREAD_LIMIT,
+            "runs": vals}
+
+
+def median_value(values: Sequence[Any]) -> Any:
+    """The median of repeated results of one shape: numbers give their median, dicts the median of each
+    key (recursively), anything else the most common value (e.g. the name of the best configuration)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+        return statistics.median(vals)
+    if all(isinstance(v, dict) for v in vals):
+        keys = [k for k in vals[0] if all(k in v for v in vals)]
+        return {k: median_value([v[k] for v in vals]) for k in keys}
+    return max(vals, key=lambda v: sum(1 for w in vals if w == v))
 
 
 def write_json(name: str, data: Any) -> Path:

@@ -24,11 +24,26 @@ mount with an empty cache; vfs and rclone are mounted afresh for every scenario)
      boto3: a paginated ListObjectsV2 of the prefix without delimiter.
 Also vfs's peak RSS (VmHWM of the mount process, max over its mounts) against the RAM budget.
 
-Output: a table of every scenario (vfs, boto3, local, rclone and the ratios vfs/x; for seconds and
-latencies lower is better, so a ratio < 1 favours vfs there), a table of the targets and whether
-they were met, bench/out/compare.json and the chart bench/out/compare.png.
+Runs: the whole set runs --runs times (default 3; run after run, so a burst of load elsewhere
+hits one run of a figure rather than all of them), each scenario with fresh mounts and the page
+cache dropped where it says cold. Every figure is the median of its runs with their min-max; a
+figure whose runs spread more than 15% ((max - min) / median) is marked `~`. Around every timed
+measurement bench/noise.py sums the CPU used by processes outside the benchmark (not it, not its
+mounts, servers, proxy or DataLoader workers); a run taken while they used more than half a core is
+noisy, and a figure with noisy runs is marked `!k` (k of its runs). All runs count in the median.
 
-    scripts/bench [--scale 0.1] [--delay-ms 10] [--only a,c] [--ram 2GiB] [--data-dir DIR] [--skip-rclone]
+--delay-ms takes a list: `--delay-ms 0,10` runs the whole set on loopback and again through a proxy
+adding 10 ms each way (a cloud-like round trip), and prints a table per delay and a summary with
+one column per system and delay.
+
+Output: per delay a table of every scenario (vfs, boto3, local, rclone and the ratios vfs/x of the
+medians; for seconds and latencies lower is better, so a ratio < 1 favours vfs there) and a table of
+the targets and whether they were met; a summary over the delays; bench/out/compare.json (the
+first delay's figures under the keys of a single run: results = medians, targets, ...; every delay
+under by_delay, each figure's runs, spread and noise under summary) and the chart
+bench/out/compare.png (the first delay; compare-delayNms.png for the others).
+
+    scripts/bench [--scale 0.1] [--runs 3] [--delay-ms 0,10] [--only a,c] [--ram 2GiB] [--data-dir DIR] [--skip-rclone]
 """
 
 from __future__ import annotations
@@ -50,7 +65,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from common import MiB, OUT, drop_page_cache, mb_per_s, mount_stats, percentile, ratio, read_whole, run_scenarios, write_json
+from common import (MiB, OUT, SPREAD_LIMIT, drop_page_cache, mb_per_s, median_value, mount_stats, percentile, ratio,
+                    read_whole, run_scenarios, run_summary, write_json)
+from noise import NOISY_CORES, Noise, Outsiders
 
 import peers
 from tests.kernel import VfsMount, fuse_available, start_mount, stop_mount
@@ -145,22 +162,43 @@ class Data:
 class Bench:
     """The run's shared state: the server, the temporary directory, the results."""
 
-    def __init__(self, args: argparse.Namespace, data: Data, s3: peers.S3Server, tmp: Path) -> None:
+    def __init__(self, args: argparse.Namespace, data: Data, s3: peers.S3Server, tmp: Path, delay_ms: float = 0.0) -> None:
         self.args = args
         self.data = data
         self.s3 = s3
         self.tmp = tmp
+        self.delay_ms = delay_ms
         self.ram = parse_size(args.ram)
-        self.results: dict[str, dict[str, Any]] = {}
+        # scenario key -> system -> one value per run, and the outsiders' CPU (noise) of each run
+        self.runs: dict[str, dict[str, list[Any]]] = {}
+        self.noise: dict[str, dict[str, list[dict[str, Any] | None]]] = {}
+        self.last_noise: Noise | None = None
         self.rss_peak = 0
         self.vfs_stats: dict[str, Any] = {}
         self.read_ahead_kb: dict[str, Any] = {}
         self.dropped = True
         self.errors: dict[str, str] = {}
+        self.seconds = 0.0  # spent running this delay's scenarios
         self._n = 0
 
-    def put(self, scenario: str, system: str, value: Any) -> None:
-        self.results.setdefault(scenario, {})[system] = value
+    def measured(self, fn: Callable[[], Any]) -> Any:
+        """fn(), with the CPU used by processes outside the benchmark meanwhile kept for the next put()."""
+        o = Outsiders()
+        o.start()
+        value = fn()
+        self.last_noise = o.stop()
+        return value
+
+    def put(self, scenario: str, system: str, value: Any, noise: Noise | None = None) -> None:
+        """One run's figure, with the noise of its measurement (default: of the last measured())."""
+        noise = noise or self.last_noise
+        self.runs.setdefault(scenario, {}).setdefault(system, []).append(value)
+        self.noise.setdefault(scenario, {}).setdefault(system, []).append(noise.as_json() if noise else None)
+
+    @property
+    def results(self) -> dict[str, dict[str, Any]]:
+        """The median of every figure's runs, in the shape of one run's results."""
+        return {k: {s: median_value(v) for s, v in by.items()} for k, by in self.runs.items()}
 
     def drop(self) -> None:
         self.dropped = drop_page_cache() and self.dropped
@@ -175,7 +213,7 @@ class Bench:
         if system == "local":
             yield self.data.bucket
             return
-        d = self.tmp / f"{system}{self._n}"
+        d = self.tmp / f"{system}{self._n}-delay{self.delay_ms:g}ms"
         d.mkdir()
         if system == "vfs":
             m = start_mount(d, self.vfs_config(d), extra_args=["--log-level", "warning"])
@@ -262,19 +300,22 @@ def scenario_a(b: Bench) -> None:
         if system == "boto3":
             client = b.s3.boto3_client()
             trials = {}
+            noises = {}
             for threads, chunk in BOTO3_SEQ_CONFIGS:
                 b.drop()
-                trials[f"{threads}x{chunk // MiB}MiB"] = boto3_sequential(client, size, threads, chunk)
+                name = f"{threads}x{chunk // MiB}MiB"
+                trials[name] = b.measured(lambda: boto3_sequential(client, size, threads, chunk))
+                noises[name] = b.last_noise
             best = max(trials, key=trials.get)  # type: ignore[arg-type]
-            b.put("a.cold", "boto3", trials[best])
-            b.put("a.boto3_trials", "boto3", {"MB/s": trials, "best": best})
+            b.put("a.cold", "boto3", trials[best], noises[best])
+            b.put("a.boto3_trials", "boto3", {"MB/s": trials, "best": best}, noises[best])
             continue
         with b.mount(system) as root:
             b.drop()
-            b.put("a.cold", system, timed_read(root / "big.bin", size))
+            b.put("a.cold", system, b.measured(lambda: timed_read(root / "big.bin", size)))
             if system != "local":
                 b.drop()
-            b.put("a.warm", system, timed_read(root / "big.bin", size))
+            b.put("a.warm", system, b.measured(lambda: timed_read(root / "big.bin", size)))
 
 
 def boto3_sequential(client: Any, size: int, threads: int, chunk: int) -> float:
@@ -334,14 +375,14 @@ def scenario_b(b: Bench) -> None:
                 return len(r["Body"].read())
 
             b.drop()
-            b.put("b.cold", "boto3", random_summary(*parallel_timed(get, offsets, RANDOM_THREADS)))
+            b.put("b.cold", "boto3", b.measured(lambda: random_summary(*parallel_timed(get, offsets, RANDOM_THREADS))))
             continue
         with b.mount(system) as root:
             b.drop()
-            b.put("b.cold", system, random_reads(root / "big.bin", offsets))
+            b.put("b.cold", system, b.measured(lambda: random_reads(root / "big.bin", offsets)))
             if system != "local":
                 b.drop()
-            b.put("b.warm", system, random_reads(root / "big.bin", offsets))
+            b.put("b.warm", system, b.measured(lambda: random_reads(root / "big.bin", offsets)))
 
 
 def scenario_c(b: Bench) -> None:
@@ -353,8 +394,8 @@ def scenario_c(b: Bench) -> None:
         if system == "boto3":
             client = b.s3.boto3_client()
             b.drop()
-            seconds, _, total = parallel_timed(
-                lambda k: len(client.get_object(Bucket=BUCKET, Key=k)["Body"].read()), keys, BOTO3_DL_THREADS)
+            seconds, _, total = b.measured(lambda: parallel_timed(
+                lambda k: len(client.get_object(Bucket=BUCKET, Key=k)["Body"].read()), keys, BOTO3_DL_THREADS))
             if total != len(keys) * DL_SIZE:
                 raise RuntimeError(f"boto3 read {total} bytes of {len(keys) * DL_SIZE}")
             b.put("c.epoch1", "boto3", len(keys) / seconds)
@@ -364,7 +405,7 @@ def scenario_c(b: Bench) -> None:
             if len(paths) != len(keys):
                 raise RuntimeError(f"{system}: listed {len(paths)} files under dl/, expected {len(keys)}")
             b.drop()
-            e1, e2 = epochs(paths, 2)
+            e1, e2 = b.measured(lambda: epochs(paths, 2))  # one noise figure for both epochs
             for e in (e1, e2):
                 if e["bytes"] != len(keys) * DL_SIZE:
                     raise RuntimeError(f"{system}: the DataLoader read {e['bytes']} bytes, expected {len(keys) * DL_SIZE}")
@@ -380,6 +421,17 @@ def timed_find(root: Path, expected: int) -> float:
     found = out.count(b"\n")
     if found != expected:
         raise RuntimeError(f"find under {root} found {found} files, expected {expected}")
+    return seconds
+
+
+def boto3_list(client: Any, expected: int) -> float:
+    """Seconds of a paginated ListObjectsV2 of find/ without delimiter."""
+    start = time.perf_counter()
+    count = sum(page.get("KeyCount", 0) for page in
+                client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="find/"))
+    seconds = time.perf_counter() - start
+    if count != expected:
+        raise RuntimeError(f"ListObjectsV2 found {count} keys, expected {expected}")
     return seconds
 
 
@@ -411,19 +463,13 @@ def scenario_d(b: Bench) -> None:
         if system == "boto3":
             client = b.s3.boto3_client()
             b.drop()
-            start = time.perf_counter()
-            count = sum(page.get("KeyCount", 0) for page in
-                        client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="find/"))
-            seconds = time.perf_counter() - start
-            if count != n:
-                raise RuntimeError(f"ListObjectsV2 found {count} keys, expected {n}")
-            b.put("d.cold", "boto3", seconds)
-            b.put("d.walk", "boto3", boto3_walk(client, n))
+            b.put("d.cold", "boto3", b.measured(lambda: boto3_list(client, n)))
+            b.put("d.walk", "boto3", b.measured(lambda: boto3_walk(client, n)))
             continue
         with b.mount(system) as root:
             b.drop()
-            b.put("d.cold", system, timed_find(root, n))
-            b.put("d.warm", system, timed_find(root, n))
+            b.put("d.cold", system, b.measured(lambda: timed_find(root, n)))
+            b.put("d.warm", system, b.measured(lambda: timed_find(root, n)))
 
 
 SCENARIOS = {"a": scenario_a, "b": scenario_b, "c": scenario_c, "d": scenario_d}
@@ -465,15 +511,101 @@ def fmt_ratio(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
-def table_rows(results: dict[str, Any]) -> list[list[str]]:
+def figure_summary(runs: dict[str, dict[str, list[Any]]], noise: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
+    """Per scenario key and system: each field's run_summary (a plain number's under "value"), the noise
+    of every run and how many runs were noisy."""
+    out: dict[str, Any] = {}
+    for key, by in runs.items():
+        for system, vals in by.items():
+            noises = noise.get(key, {}).get(system, [])
+            entry: dict[str, Any] = {"noise": noises, "noisy_runs": sum(1 for n in noises if n and n["noisy"]),
+                                     "n_runs": len(vals)}
+            numbers = [v for v in vals if isinstance(v, (int, float))]
+            if len(numbers) == len(vals) and vals:
+                entry["value"] = run_summary(numbers)
+            elif vals and all(isinstance(v, dict) for v in vals):
+                for field in vals[0]:
+                    fv = [v.get(field) for v in vals]
+                    if all(isinstance(x, (int, float)) for x in fv):
+                        entry[field] = run_summary(fv)
+            out.setdefault(key, {})[system] = entry
+    return out
+
+
+def figure(summary: dict[str, Any], key: str, system: str, field: str | None) -> dict[str, Any] | None:
+    """The run_summary of one figure plus its noisy_runs and n_runs, or None if it was not measured."""
+    entry = summary.get(key, {}).get(system)
+    if not entry or (field or "value") not in entry:
+        return None
+    return {**entry[field or "value"], "noisy_runs": entry["noisy_runs"], "n_runs": entry["n_runs"]}
+
+
+def marks(f: dict[str, Any]) -> str:
+    """`~` for a spread over SPREAD_LIMIT, `!k` for k noisy runs."""
+    return ("~" if f["unsteady"] else "") + (f"!{f['noisy_runs']}" if f["noisy_runs"] else "")
+
+
+def fmt_figure(f: dict[str, Any] | None, with_range: bool = True) -> str:
+    if f is None:
+        return "-"
+    shown = fmt_num(f["median"])
+    if with_range and f["n_runs"] > 1:
+        shown += f" ({fmt_num(f['min'])}\u2013{fmt_num(f['max'])})"
+    return shown + marks(f)
+
+
+def table_rows(summary: dict[str, Any]) -> list[list[str]]:
     rows = []
     for label, unit, key, field, lower in ROWS:
-        if key not in results:
+        if key not in summary:
             continue
-        vals = {s: value(results, key, s, field) for s in SYSTEMS}
-        ratios = [fmt_ratio(ratio(vals["vfs"], vals[s])) for s in ("boto3", "local", "rclone")]
-        rows.append([label, unit + (" (lower better)" if lower else ""), *(fmt_num(vals[s]) for s in SYSTEMS), *ratios])
+        figs = {s: figure(summary, key, s, field) for s in SYSTEMS}
+        meds = {s: f["median"] if f else None for s, f in figs.items()}
+        ratios = [fmt_ratio(ratio(meds["vfs"], meds[s])) for s in ("boto3", "local", "rclone")]
+        rows.append([label, unit + (" (lower better)" if lower else ""), *(fmt_figure(figs[s]) for s in SYSTEMS), *ratios])
     return rows
+
+
+def combined_rows(summaries: dict[float, dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """One row per figure, one column per system and delay (medians with their marks), then vfs/boto3
+    and vfs/rclone per delay."""
+    delays = list(summaries)
+    header = ["scenario", "unit"] + [f"{s} {d:g}ms" for s in SYSTEMS for d in delays] + \
+             [f"vfs/{s} {d:g}ms" for s in ("boto3", "rclone") for d in delays]
+    rows = []
+    for label, unit, key, field, lower in ROWS:
+        if not any(key in sm for sm in summaries.values()):
+            continue
+        figs = {(s, d): figure(summaries[d], key, s, field) for s in SYSTEMS for d in delays}
+        med = {k: (f["median"] if f else None) for k, f in figs.items()}
+        rows.append([label, unit + (" (lower better)" if lower else ""),
+                     *(fmt_figure(figs[(s, d)], with_range=False) for s in SYSTEMS for d in delays),
+                     *(fmt_ratio(ratio(med[("vfs", d)], med[(s, d)])) for s in ("boto3", "rclone") for d in delays)])
+    return header, rows
+
+
+def legend(n_runs: int) -> str:
+    return (f"Each figure: the median of {n_runs} run(s) (min\u2013max); ratios are of medians. "
+            f"~ = the runs spread more than {SPREAD_LIMIT:.0%} ((max - min) / median); "
+            f"!k = k of the runs were taken while processes outside the benchmark used more than "
+            f"{NOISY_CORES} core (CPU time from /proc over the measurement; bench/noise.py). Every run counts in the median.")
+
+
+def noise_line(summary: dict[str, Any]) -> str:
+    """How loaded the machine was by others over the measurements of one delay."""
+    cores = [n["cores"] for by in summary.values() for e in by.values() for n in e["noise"] if n]
+    if not cores:
+        return "noise: not measured"
+    noisy = sum(1 for c in cores if c > NOISY_CORES)
+    top: dict[str, float] = {}
+    for by in summary.values():
+        for e in by.values():
+            for n in e["noise"]:
+                for comm, c in (n or {}).get("top", []):
+                    top[comm] = max(top.get(comm, 0.0), c)
+    busiest = ", ".join(f"{c} {v:.2f}" for c, v in sorted(top.items(), key=lambda x: -x[1])[:4])
+    return (f"noise: outsiders used {sorted(cores)[len(cores) // 2]:.2f} cores (median) / {max(cores):.2f} (max) "
+            f"over {len(cores)} measurements; {noisy} noisy (> {NOISY_CORES} core). Busiest outsiders (peak cores): {busiest}")
 
 
 def targets(results: dict[str, Any], rss_peak: int, ram: int) -> list[dict[str, Any]]:
@@ -514,8 +646,10 @@ def target_rows(ts: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
-def chart(results: dict[str, Any], ts: list[dict[str, Any]], title: str, path: Path) -> None:
-    """One figure, a grouped bar chart per scenario (log scale: values span three decades)."""
+def chart(results: dict[str, Any], ts: list[dict[str, Any]], title: str, path: Path,
+          summary: dict[str, Any] | None = None) -> None:
+    """One figure, a grouped bar chart per scenario (log scale: values span three decades); with a
+    summary, each bar (the median) carries a min-max error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -540,13 +674,17 @@ def chart(results: dict[str, Any], ts: list[dict[str, Any]], title: str, path: P
             continue
         width = 0.8 / len(SYSTEMS)
         for i, system in enumerate(SYSTEMS):
-            xs, ys = [], []
+            xs, ys, lo, hi = [], [], [], []
             for g, (_, key, field) in enumerate(groups):
                 y = value(results, key, system, field)
                 if y is not None and y > 0:
                     xs.append(g + (i - (len(SYSTEMS) - 1) / 2) * width)
                     ys.append(y)
-            bars = ax.bar(xs, ys, width, label=system, color=colors[system])
+                    f = figure(summary, key, system, field) if summary else None
+                    lo.append(max(0.0, y - f["min"]) if f else 0.0)
+                    hi.append(max(0.0, f["max"] - y) if f else 0.0)
+            bars = ax.bar(xs, ys, width, label=system, color=colors[system],
+                          yerr=[lo, hi] if summary else None, capsize=2, error_kw={"elinewidth": 0.8})
             for bar, y in zip(bars, ys):
                 ax.annotate(fmt_num(y), (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom", fontsize=7,
                             xytext=(0, 1), textcoords="offset points")
@@ -557,7 +695,8 @@ def chart(results: dict[str, Any], ts: list[dict[str, Any]], title: str, path: P
     last = axes.flat[5]
     last.set_axis_off()
     last.legend(*axes.flat[0].get_legend_handles_labels(), loc="lower left", fontsize=10, ncols=4, title="system")
-    lines = ["Targets (measured / wanted)"] + [
+    runs = max((e["n_runs"] for by in (summary or {}).values() for e in by.values()), default=1)
+    lines = ([f"Bars: medians of {runs} runs; whiskers: min-max", ""] if summary else []) + ["Targets (measured / wanted)"] + [
         f"{'met ' if t['met'] else ('--  ' if t['met'] is None else 'MISS')}  {t['target']}: {m} / {t['wanted']}"
         for t, (_, _, m, _) in zip(ts, target_rows(ts))]
     last.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8, transform=last.transAxes,
@@ -595,11 +734,64 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def delays_arg(text: str) -> list[float]:
+    """--delay-ms: one delay or a comma-separated list (0 = loopback), each run in turn."""
+    try:
+        delays = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or list of numbers: {text!r}") from None
+    if not delays or any(d < 0 for d in delays) or len(set(delays)) != len(delays):
+        raise argparse.ArgumentTypeError(f"want distinct delays >= 0, e.g. 0,10: {text!r}")
+    return delays
+
+
+def block(b: Bench) -> dict[str, Any]:
+    """One delay's figures for compare.json: the keys a single run always had, plus summary (runs,
+    spread and noise of every figure)."""
+    results = b.results
+    return {"delay_ms": b.delay_ms, "results": results, "summary": figure_summary(b.runs, b.noise),
+            "targets": targets(results, b.rss_peak, b.ram), "vfs_peak_rss": b.rss_peak, "ram_budget": b.ram,
+            "page_cache_dropped": b.dropped, "read_ahead_kb": b.read_ahead_kb, "errors": b.errors,
+            "vfs_stats": b.vfs_stats, "seconds": b.seconds}
+
+
+def title_of(args: argparse.Namespace, delay: float) -> str:
+    where = "loopback" if delay == 0 else f"delay {delay:g} ms each way"
+    return (f"vfs vs boto3 / local / rclone mount: scale {args.scale:g}, {where}, vfs RAM {args.ram}, "
+            f"{args.runs} run(s)")
+
+
+def print_delay(b: Bench, blk: dict[str, Any], args: argparse.Namespace) -> None:
+    header = ["scenario", "unit", *SYSTEMS, "vfs/boto3", "vfs/local", "vfs/rclone"]
+    print(render(header, table_rows(blk["summary"]), title=title_of(args, b.delay_ms)))
+    rss = f"vfs peak RSS {b.rss_peak / MiB:.0f} MiB (VmHWM), RAM budget {b.ram / MiB:.0f} MiB"
+    print(render(["target", "wanted", "measured", "met"], target_rows(blk["targets"]),
+                 title=f"Targets at {b.delay_ms:g} ms, of the medians (" + rss + ")"))
+    if not b.dropped:
+        print("NOTE: the page cache could not be dropped (not root?): cold and warm numbers are not cold.")
+    best = blk["results"].get("a.boto3_trials", {}).get("boto3")
+    if best:
+        print(f"boto3 sequential: ranged GETs read with readinto on a thread pool, medians "
+              f"{', '.join(f'{k} {v:.0f} MB/s' for k, v in best['MB/s'].items())}; fastest most often: {best['best']}")
+    for name, err in b.errors.items():
+        print(f"SCENARIO {name} FAILED: {err}")
+    walk = blk["results"].get("d.walk", {}).get("boto3")
+    if walk is not None:
+        print(f"boto3 listing of find/ with delimiter, prefix after prefix (as find walks): {walk:.2f} s "
+              f"(vfs find cold / this: {fmt_ratio(ratio(value(blk['results'], 'd.cold', 'vfs', None), walk))})")
+    print(noise_line(blk["summary"]))
+    print()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=1.0, help="data set size factor (default 1.0: 1 GiB, 20,000 files, 100,000 objects)")
-    parser.add_argument("--delay-ms", type=float, default=0.0, help="latency added each way by a TCP proxy in front of the server")
+    parser.add_argument("--delay-ms", type=delays_arg, default=[0.0],
+                        help="latency added each way by a TCP proxy in front of the server; a list (e.g. 0,10) "
+                             "runs the whole set at each (0 = loopback, the default)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of the whole set per delay (default 3); "
+                        "figures are medians with min-max")
     parser.add_argument("--only", default="a,b,c,d", help="scenarios to run, e.g. a,c")
     parser.add_argument("--ram", default=DEFAULT_RAM, help="vfs RAM cache budget (default 2GiB)")
     parser.add_argument("--ssd", default=DEFAULT_SSD, help="vfs SSD tier budget, in a temporary directory (default 8GiB)")
@@ -610,6 +802,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-rclone", action="store_true", help="leave rclone mount out (rclone still serves S3)")
     parser.add_argument("--name", default="compare", help="output name: bench/out/NAME.json and NAME.png")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs: at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if bad := [s for s in only if s not in SCENARIOS]:
@@ -622,45 +816,44 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     data = Data(args.data_dir, args.scale)
     data.ensure()
+    benches: dict[float, Bench] = {}
     with tempfile.TemporaryDirectory(prefix="vfs-bench-") as tmp_name:
         tmp = Path(tmp_name)
         with contextlib.ExitStack() as stack:
-            s3 = stack.enter_context(peers.serve_s3(data.root, tmp))
-            if args.delay_ms > 0:
-                s3 = stack.enter_context(peers.delay_proxy(s3, args.delay_ms, tmp))
-            b = Bench(args, data, s3, tmp)
-            run_scenarios(SCENARIOS, only, b)
+            direct = stack.enter_context(peers.serve_s3(data.root, tmp))
+            for delay in args.delay_ms:
+                s3 = direct if delay == 0 else stack.enter_context(peers.delay_proxy(direct, delay, tmp))
+                benches[delay] = Bench(args, data, s3, tmp, delay)
+            # Run after run, each delay in turn within a run: load from elsewhere that comes and goes
+            # then spoils one run of a figure, not all of them.
+            for i in range(args.runs):
+                for delay, b in benches.items():
+                    log.info("run %d of %d, delay %g ms", i + 1, args.runs, delay)
+                    t = time.perf_counter()
+                    run_scenarios(SCENARIOS, only, b, tag="" if args.runs == 1 else f" (run {i + 1})")
+                    b.seconds += time.perf_counter() - t
     elapsed = time.perf_counter() - started
 
-    title = (f"vfs vs boto3 / local / rclone mount: scale {args.scale:g}, delay {args.delay_ms:g} ms each way, "
-             f"vfs RAM {args.ram}")
-    ts = targets(b.results, b.rss_peak, b.ram)
-    header = ["scenario", "unit", *SYSTEMS, "vfs/boto3", "vfs/local", "vfs/rclone"]
-    print(render(header, table_rows(b.results), title=title))
-    rss = f"vfs peak RSS {b.rss_peak / MiB:.0f} MiB (VmHWM), RAM budget {b.ram / MiB:.0f} MiB"
-    print(render(["target", "wanted", "measured", "met"], target_rows(ts), title="Targets (" + rss + ")"))
-    if not b.dropped:
-        print("NOTE: the page cache could not be dropped (not root?): cold and warm numbers are not cold.")
-    best = b.results.get("a.boto3_trials", {}).get("boto3")
-    if best:
-        print(f"boto3 sequential: ranged GETs read with readinto on a thread pool, best of "
-              f"{', '.join(f'{k} {v:.0f} MB/s' for k, v in best['MB/s'].items())} -> {best['best']}")
-    for name, err in b.errors.items():
-        print(f"SCENARIO {name} FAILED: {err}")
-    walk = b.results.get("d.walk", {}).get("boto3")
-    if walk is not None:
-        print(f"boto3 listing of find/ with delimiter, prefix after prefix (as find walks): {walk:.2f} s "
-              f"(vfs find cold / this: {fmt_ratio(ratio(value(b.results, 'd.cold', 'vfs', None), walk))})")
+    blocks = {d: block(b) for d, b in benches.items()}
+    for d, b in benches.items():
+        print_delay(b, blocks[d], args)
+    if len(blocks) > 1:
+        header, rows = combined_rows({d: blk["summary"] for d, blk in blocks.items()})
+        print(render(header, rows, title=f"Summary: medians of {args.runs} run(s) at each delay (ms each way)"))
+    print(legend(args.runs))
     print(f"total {elapsed:.0f} s")
-    OUT.mkdir(parents=True, exist_ok=True)
-    out = {"args": {k: str(v) for k, v in vars(args).items()}, "data": data.params(), "results": b.results,
-           "targets": ts, "vfs_peak_rss": b.rss_peak, "ram_budget": b.ram, "page_cache_dropped": b.dropped,
-           "read_ahead_kb": b.read_ahead_kb, "errors": b.errors, "vfs_stats": b.vfs_stats, "seconds": elapsed}
+    first = args.delay_ms[0]
+    out = {"args": {k: str(v) for k, v in vars(args).items()}, "data": data.params(), **blocks[first],
+           "seconds": elapsed, "runs": args.runs, "delays_ms": args.delay_ms, "spread_limit": SPREAD_LIMIT,
+           "noisy_cores": NOISY_CORES, "bench_pid": os.getpid(), "by_delay": {f"{d:g}": blk for d, blk in blocks.items()}}
     json_path = write_json(args.name, out)
-    png = OUT / f"{args.name}.png"
-    chart(b.results, ts, title, png)
-    print(f"wrote {json_path} and {png}")
-    return 1 if b.errors else 0
+    pngs = []
+    for d, blk in blocks.items():
+        png = OUT / (f"{args.name}.png" if d == first else f"{args.name}-delay{d:g}ms.png")
+        chart(blk["results"], blk["targets"], title_of(args, d), png, blk["summary"])
+        pngs.append(str(png))
+    print(f"wrote {json_path} and {', '.join(pngs)}")
+    return 1 if any(b.errors for b in benches.values()) else 0
 
 
 if __name__ == "__main__":
