@@ -29,8 +29,10 @@ hits one run of a figure rather than all of them), each scenario with fresh moun
 cache dropped where it says cold. Every figure is the median of its runs with their min-max; a
 figure whose runs spread more than 15% ((max - min) / median) is marked `~`. Around every timed
 measurement bench/noise.py sums the CPU used by processes outside the benchmark (not it, not its
-mounts, servers, proxy or DataLoader workers); a run taken while they used more than half a core is
-noisy, and a figure with noisy runs is marked `!k` (k of its runs). All runs count in the median.
+mounts, servers, proxy or DataLoader workers), over at least 0.5 s (/proc counts 10 ms ticks, so
+a shorter measurement is followed by a pause, outside its timing, before the next step); a run taken
+while they used more than half a core is noisy, and a figure with noisy runs is marked `!k` (k of its
+runs). All runs count in the median.
 
 --delay-ms takes a list: `--delay-ms 0,10` runs the whole set on loopback and again through a proxy
 adding 10 ms each way (a cloud-like round trip), and prints a table per delay and a summary with
