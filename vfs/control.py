@@ -112,9 +112,16 @@ class ControlFiles:
             shutil.rmtree(self._requests_dir, ignore_errors=True)
             self._requests_dir = None
 
-    def rendering(self) -> tuple[float, bytes, int]:
-        if time.monotonic() - self._rendering[0] >= STATS_REFRESH:
-            self._rendering = (time.monotonic(), self.render(), time.time_ns())
+    def rendering(self, refresh: bool = True) -> tuple[float, bytes, int]:
+        """The stats file as served without opens. A new rendering is made only when the kernel asks
+        for the file's attributes (`refresh`, at most every STATS_REFRESH s), never at a read: a read
+        serves the bytes whose size the kernel was told. A rendering never shrinks (padded with
+        spaces, which JSON ignores), so a reader told an older, larger size reads no NUL bytes."""
+        if (refresh or not self._rendering[1]) and time.monotonic() - self._rendering[0] >= STATS_REFRESH:
+            data, old = self.render(), len(self._rendering[1])
+            if len(data) < old:
+                data = data[:-1] + b" " * (old - len(data)) + b"\n"
+            self._rendering = (time.monotonic(), data, time.time_ns())
         return self._rendering
 
     def open(self, path: str = STATS_FILE) -> int:
@@ -126,7 +133,7 @@ class ControlFiles:
         """Bytes of an open control file, or (fh None, without opens) of the file at `path`: the
         current rendering of stats; `warm` reads empty."""
         if fh is None:
-            data = self.rendering()[1] if path == STATS_FILE else b""
+            data = self.rendering(refresh=False)[1] if path == STATS_FILE else b""
         else:
             data = self._open[fh]
         return data[offset:offset + size]
