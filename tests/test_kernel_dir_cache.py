@@ -35,12 +35,18 @@ def config(root: Path) -> dict[str, Any]:
             "mount": [{"path": "/l", "backend": "local", "root": str(root)}]}
 
 
-def test_an_unchanged_listing_comes_from_the_kernel_and_a_changed_one_never_does(tmp_path: Path) -> None:
-    root = tmp_path / "silo"
+def silo(tmp: Path) -> tuple[Path, set[str]]:
+    """A local silo with FILES empty-ish files in d/; its root and the names."""
+    root = tmp / "silo"
     (root / "d").mkdir(parents=True)
     names = {f"f{i:05d}" for i in range(FILES)}
     for name in names:
         (root / "d" / name).write_bytes(b"x")
+    return root, names
+
+
+def test_an_unchanged_listing_comes_from_the_kernel_and_a_changed_one_never_does(tmp_path: Path) -> None:
+    root, names = silo(tmp_path)
     with vfs_mount(tmp_path, config(root)) as m:
         d = m.path / "l" / "d"
         assert set(os.listdir(d)) == names
@@ -73,11 +79,7 @@ def test_an_unchanged_listing_comes_from_the_kernel_and_a_changed_one_never_does
 
 
 def test_a_listing_cut_short_is_not_taken_for_a_whole_one(tmp_path: Path) -> None:
-    root = tmp_path / "silo"
-    (root / "d").mkdir(parents=True)
-    names = {f"f{i:05d}" for i in range(FILES)}
-    for name in names:
-        (root / "d" / name).write_bytes(b"x")
+    root, names = silo(tmp_path)
     with vfs_mount(tmp_path, config(root)) as m:
         d = m.path / "l" / "d"
         with os.scandir(d) as it:  # read a few entries, then close: the kernel's cache is partial
