@@ -226,3 +226,32 @@ def test_uploads_a_crash_left_unfinished_are_aborted_at_the_next_start(tmp_path:
     trio.run(start_once, clock=trio.testing.MockClock(autojump_threshold=0.01))
     assert sorted(backend.aborted) == [("data/big.bin", "upload-1"), ("data/other.bin", "upload-2")]
     assert ns.staging.uploads.notes() == [] and ns.committer.orphans_aborted.value == 2  # type: ignore[union-attr]
+
+
+def test_a_listing_taken_before_a_commit_does_not_tell_the_staged_version_after_it(tmp_path: Path) -> None:
+    """opendir snapshots a staged file; its commit lands and the staged copy is dropped; the readdir
+    that follows must tell the kernel the silo's version, not the dropped staged one (whose reads
+    went to the silo with a version it never had: ESTALE for rsync's temp-file-then-rename)."""
+    backend = FlakyMemory()
+    ns = make(tmp_path, "back", backend)
+    ns.committer.delay = 3600.0  # type: ignore[union-attr]
+    data = b"renamed into place " * 100
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            ns.start(nursery)
+            top = await mount_ino(ns)
+            ino = await write_file(ns, top, "f.txt", data)
+            dh = await ns.opendir(top)  # the snapshot holds the staged version
+            sf = ns.staging.get("/m", "f.txt")  # type: ignore[union-attr]
+            await ns.committer.commit_now(sf)  # type: ignore[union-attr]
+            assert ns.staging.get("/m", "f.txt") is None, "committed and idle: dropped"  # type: ignore[union-attr]
+            told: dict[str, object] = {}
+            ns.readdir(dh, 0, lambda name, entry, nxt: told.setdefault(name, entry) is not None)
+            ns.releasedir(dh)
+            version = ns.inodes.get(ino).told.version  # type: ignore[union-attr]
+            assert version == backend.objects["f.txt"][1], version
+            assert bytes(await ns.read(ino, 0, len(data))) == data
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -28,6 +28,8 @@ class Inode:
     """The version whose pages the kernel may hold in its page cache (decides keep_cache)."""
     told: ObjectMeta | None = None
     """A file's metadata as the kernel was last told it (the version reads serve without opens)."""
+    told_at: int = 0
+    """When `told` was set, on the namespace's clock of tells (a listing snapshot older than it must not undo it)."""
     listing: int | None = None
     """A directory's listing as the kernel may hold it in its readdir cache (decides keep_cache at opendir)."""
 

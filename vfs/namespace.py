@@ -75,6 +75,8 @@ class DirHandle:
     """Read to its end: the kernel's readdir cache holds all of it."""
     unchanged: bool = False
     """The listing is the one the kernel cached at an earlier open: it may answer from its cache."""
+    taken_at: int = 0
+    """The clock of tells when the snapshot was taken: a file told of since keeps what it was told."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,6 +134,8 @@ class Namespace:
         self.sweep = Sweep(self.meta, reader)
         self._dirs: dict[int, DirHandle] = {}
         self._dir_ids = itertools.count(1)
+        self._tells = itertools.count(1)
+        """The clock of `Inode.told_at`."""
         self.started = time.monotonic()
         self.metrics = metrics or Registry()
         """Every figure of the mount: `.vfs/stats` renders it, and vfs/prometheus.py exports it."""
@@ -191,7 +195,7 @@ class Namespace:
         """The attributes the kernel is about to be told; for a file, also the version reads serve."""
         mtime = meta.mtime_ns if meta.mtime_ns is not None else self.table.started_ns
         if not meta.is_dir:
-            told, node.told = node.told, meta
+            told, node.told, node.told_at = node.told, meta, next(self._tells)
             if (told is not None and told.version != meta.version and not self.opens and node.path != STATS_FILE
                     and not told.version.startswith("staged:") and not meta.version.startswith("staged:")):
                 # The kernel drops pages itself only if size or mtime changed. A staged file's pages are
@@ -279,7 +283,7 @@ class Namespace:
             mount = self.table.by_path.get(child_of(node.path, name))
             children[name] = (ObjectMeta(name, True), mount.ttl if mount else self.default_ttl)
         fh = next(self._dir_ids)
-        handle = DirHandle(node.path, [(n, m, t) for n, (m, t) in sorted(children.items())])
+        handle = DirHandle(node.path, [(n, m, t) for n, (m, t) in sorted(children.items())], taken_at=next(self._tells))
         handle.unchanged = node.listing is not None and node.listing == self._listing(handle)
         self._dirs[fh] = handle
         return fh
@@ -314,6 +318,10 @@ class Namespace:
                 continue
             name, meta, timeout = handle.entries[offset - 2]
             node = self.inodes.assign(child_of(handle.path, name), meta.is_dir)
+            if not meta.is_dir and node.told is not None and node.told_at > handle.taken_at:
+                # Told of since the snapshot (a commit landed, a lookup saw a newer version): the
+                # snapshot's older version (or a staged one since dropped) must not undo that.
+                meta, timeout = node.told, 0.0
             if not reply(name, self._entry(node, meta, timeout), offset + 1):
                 self.inodes.drop_unused(node)
                 return
@@ -644,7 +652,7 @@ class Namespace:
         node = self.inodes.assign(child_of(mount.path, meta.path), False)
         # Whatever the kernel was told last (a staged generation of this file, or the version the
         # commit replaced) is older than this; the bytes are the same, so no pages are dropped.
-        node.told = meta
+        node.told, node.told_at = meta, next(self._tells)
         self.inodes.drop_unused(node)
 
     async def mkdir(self, parent_ino: int, name: str) -> Entry:
